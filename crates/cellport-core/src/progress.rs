@@ -1,0 +1,199 @@
+//! Progress math: items weighted by their cost, mapped onto the overall 0–100 scale.
+//!
+//! Processing covers 0–80 and the download 80–100 (SPEC §6). The tracker is plain data:
+//! the pipeline feeds it costs as work happens and reads snapshots; time comes in as an argument.
+
+use std::time::Duration;
+
+use crate::job::{TaskProgress, TaskStatus};
+
+/// The share of the overall bar that processing covers; the archive being ready is exactly this.
+pub const PROCESSING_SHARE: f64 = 80.0;
+
+/// Below this fraction of the work done, a rate is noise and no estimate is given.
+const MIN_FRACTION_FOR_ESTIMATE: f64 = 0.02;
+const MIN_ELAPSED_FOR_ESTIMATE: Duration = Duration::from_millis(500);
+
+/// The state of processing at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProgressSnapshot {
+    /// Cost done over total cost, 0–1.
+    pub fraction: f64,
+    pub items_completed: u64,
+    pub items_total: u64,
+    pub current_task: Option<String>,
+    pub tasks: Vec<TaskProgress>,
+    pub estimated_remaining_ms: Option<u64>,
+}
+
+impl ProgressSnapshot {
+    /// Overall progress on the 0–100 bar (processing only reaches 80).
+    pub fn overall(&self) -> f64 {
+        (self.fraction * PROCESSING_SHARE).clamp(0.0, PROCESSING_SHARE)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TaskState {
+    name: String,
+    items_total: u64,
+    items_completed: u64,
+    cost_total: u64,
+    cost_done: u64,
+}
+
+/// Accumulates done cost per task. Costs are abstract units (bytes, pixels, polygons).
+#[derive(Debug, Clone)]
+pub struct ProgressTracker {
+    tasks: Vec<TaskState>,
+    current: Option<usize>,
+}
+
+/// One task of the plan: its name, how many items and how much cost it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTask {
+    pub name: String,
+    pub items: u64,
+    pub cost: u64,
+}
+
+impl ProgressTracker {
+    pub fn new(plan: &[PlannedTask]) -> ProgressTracker {
+        ProgressTracker {
+            tasks: plan
+                .iter()
+                .map(|t| TaskState {
+                    name: t.name.clone(),
+                    items_total: t.items,
+                    items_completed: 0,
+                    cost_total: t.cost,
+                    cost_done: 0,
+                })
+                .collect(),
+            current: None,
+        }
+    }
+
+    pub fn task_index(&self, name: &str) -> Option<usize> {
+        self.tasks.iter().position(|t| t.name == name)
+    }
+
+    /// Marks `task` as the one being worked on; returns whether that is a change (a task boundary).
+    pub fn enter(&mut self, task: usize) -> bool {
+        let changed = self.current != Some(task);
+        self.current = Some(task);
+        changed
+    }
+
+    /// Adds done cost to a task, capped at its planned total so progress never overshoots.
+    pub fn add_cost(&mut self, task: usize, cost: u64) {
+        let t = &mut self.tasks[task];
+        t.cost_done = (t.cost_done + cost).min(t.cost_total);
+    }
+
+    /// Marks one item of `task` finished and tops its cost up to `item_cost` if it reported less.
+    pub fn finish_item(&mut self, task: usize, item_cost: u64, reported: u64) {
+        self.add_cost(task, item_cost.saturating_sub(reported));
+        let t = &mut self.tasks[task];
+        t.items_completed = (t.items_completed + 1).min(t.items_total);
+    }
+
+    /// Restores an item finished by an earlier attempt (resume) without redoing it.
+    pub fn restore_item(&mut self, task: usize, item_cost: u64) {
+        self.finish_item(task, item_cost, 0);
+    }
+
+    pub fn snapshot(&self, elapsed: Duration) -> ProgressSnapshot {
+        let cost_total: u64 = self.tasks.iter().map(|t| t.cost_total).sum();
+        let cost_done: u64 = self.tasks.iter().map(|t| t.cost_done).sum();
+        let fraction = if cost_total == 0 {
+            0.0
+        } else {
+            cost_done as f64 / cost_total as f64
+        };
+        let estimated_remaining_ms = (fraction >= MIN_FRACTION_FOR_ESTIMATE
+            && elapsed >= MIN_ELAPSED_FOR_ESTIMATE)
+            .then(|| (elapsed.as_secs_f64() * (1.0 - fraction) / fraction * 1000.0).round() as u64);
+        ProgressSnapshot {
+            fraction,
+            items_completed: self.tasks.iter().map(|t| t.items_completed).sum(),
+            items_total: self.tasks.iter().map(|t| t.items_total).sum(),
+            current_task: self.current.map(|i| self.tasks[i].name.clone()),
+            tasks: self
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| TaskProgress {
+                    name: t.name.clone(),
+                    status: if t.items_total == 0 {
+                        TaskStatus::Skipped
+                    } else if t.items_completed == t.items_total {
+                        TaskStatus::Completed
+                    } else if self.current == Some(i) || t.items_completed > 0 {
+                        TaskStatus::Running
+                    } else {
+                        TaskStatus::Pending
+                    },
+                    progress: if t.cost_total == 0 {
+                        if t.items_completed == t.items_total { 100.0 } else { 0.0 }
+                    } else {
+                        t.cost_done as f64 / t.cost_total as f64 * 100.0
+                    },
+                    items_completed: t.items_completed,
+                    items_total: t.items_total,
+                })
+                .collect(),
+            estimated_remaining_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Vec<PlannedTask> {
+        vec![
+            PlannedTask { name: "images".into(), items: 2, cost: 300 },
+            PlannedTask { name: "documentation".into(), items: 1, cost: 100 },
+            PlannedTask { name: "visualizations".into(), items: 0, cost: 0 },
+        ]
+    }
+
+    #[test]
+    fn progress_is_weighted_by_cost_and_maps_to_eighty() {
+        let mut t = ProgressTracker::new(&plan());
+        assert!(t.enter(0));
+        assert!(!t.enter(0));
+        t.add_cost(0, 150);
+        let s = t.snapshot(Duration::ZERO);
+        assert_eq!(s.overall(), 30.0);
+        assert_eq!(s.tasks[0].status, TaskStatus::Running);
+        assert_eq!(s.tasks[1].status, TaskStatus::Pending);
+        assert_eq!(s.tasks[2].status, TaskStatus::Skipped);
+        assert_eq!(s.estimated_remaining_ms, None);
+        t.finish_item(0, 200, 150);
+        t.finish_item(0, 100, 0);
+        t.enter(1);
+        t.finish_item(1, 100, 0);
+        let s = t.snapshot(Duration::from_secs(4));
+        assert_eq!(s.overall(), 80.0);
+        assert_eq!((s.items_completed, s.items_total), (3, 3));
+        assert_eq!(s.estimated_remaining_ms, Some(0));
+        assert!(s.tasks[..2].iter().all(|t| t.status == TaskStatus::Completed));
+    }
+
+    #[test]
+    fn reported_cost_never_overshoots_a_task() {
+        let mut t = ProgressTracker::new(&plan());
+        t.add_cost(0, 10_000);
+        assert_eq!(t.snapshot(Duration::ZERO).overall(), 60.0);
+    }
+
+    #[test]
+    fn estimate_comes_from_the_measured_rate() {
+        let mut t = ProgressTracker::new(&plan());
+        t.add_cost(0, 100);
+        assert_eq!(t.snapshot(Duration::from_secs(2)).estimated_remaining_ms, Some(6000));
+    }
+}
