@@ -1,1 +1,19 @@
-//! placeholder
+//! From a project to a ZIP archive, with no Redis in sight.
+//!
+//! * [`source`]: where projects, images and polygons come from (the built-in file store first).
+//! * [`storage`]: where archives are written; all archive file access goes through it.
+//! * [`export`]: the pipeline itself: plan, stream the archive, report progress, honour cancellation.
+//! * [`names`]: archive entry names, sanitized and unique.
+//! * [`import`]: filling the built-in store from a directory of images and a COCO file.
+//! * [`synthetic`]: cell-like sample projects for the demo and benchmarks.
+
+pub mod export;
+pub mod import;
+pub mod names;
+pub mod source;
+pub mod storage;
+pub mod synthetic;
+
+pub use export::{ExportError, ExportInput, ExportSummary, ProgressSink, export_archive, plan_tasks};
+pub use source::{FileProjectStore, ProjectSource, SourceError};
+pub use storage::Storage;

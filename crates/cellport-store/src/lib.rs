@@ -1,1 +1,101 @@
-//! placeholder
+//! Everything that talks to Redis: job records, events and the job queue.
+//!
+//! * [`Store`]: job records as hashes, compare-and-set commits that store and publish an event atomically.
+//! * [`events`]: the envelope published on pub/sub and the subscriber the gateway uses.
+//! * [`queue`]: an apalis backend over a Redis Stream with a consumer group.
+//!
+//! All payloads are MessagePack (rmp-serde). Key names live in `keys.rs` and nowhere else.
+
+pub mod events;
+mod jobs;
+mod keys;
+pub mod queue;
+
+use std::time::Duration;
+
+use fred::prelude::*;
+
+pub use events::{Envelope, EventSubscriber};
+pub use jobs::{CommitError, UpdateError};
+pub use keys::EVENTS_CHANNEL;
+pub use queue::{ExportRequest, JobQueue, QueueConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("corrupt payload in redis at {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+impl StoreError {
+    fn corrupt(key: impl Into<String>, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            key: key.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// How long one Redis command may take before it fails (and the caller answers 503 or retries).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client builder that reconnects forever with backoff (100 ms doubling to 2 s).
+pub(crate) fn builder(url: &str) -> Result<Builder, StoreError> {
+    let mut builder = Builder::from_config(Config::from_url(url)?);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(3);
+            c.internal_command_timeout = COMMAND_TIMEOUT;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = COMMAND_TIMEOUT;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    Ok(builder)
+}
+
+/// The handle every service holds: cheap to clone, one multiplexed connection.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    url: String,
+    scripts: jobs::Scripts,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish()
+    }
+}
+
+impl Store {
+    /// Connects to Redis. Fails when Redis does not answer now; later outages are ridden out by reconnecting.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let client = builder(url)?.build()?;
+        client.init().await?;
+        Ok(Store {
+            client,
+            url: url.to_owned(),
+            scripts: jobs::Scripts::new(),
+        })
+    }
+
+    /// The Redis URL this store talks to; workers open their own blocking connection to it.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether Redis answers right now (readiness).
+    pub async fn ping(&self) -> bool {
+        self.client.ping::<String>(None).await.is_ok()
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+}

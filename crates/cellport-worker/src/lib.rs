@@ -1,1 +1,114 @@
-//! placeholder
+//! The export worker: a stateless process that pulls export jobs from the queue and runs them.
+//!
+//! [`run`] builds one apalis worker over [`cellport_store::JobQueue`] with a concurrency limit
+//! of `CELLPORT_WORKER_CONCURRENCY`; each job goes through [`job::run_export`].
+
+mod job;
+mod progress;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::layers::WorkerBuilderExt;
+use apalis_core::error::BoxDynError;
+use apalis_core::monitor::Monitor;
+use apalis_core::task::data::Data;
+use apalis_core::worker::builder::WorkerBuilder;
+use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
+use cellport_store::{ExportRequest, JobQueue, QueueConfig, Store};
+use tokio_util::sync::CancellationToken;
+
+/// A worker's configuration (flags and `CELLPORT_*` variables in the binary).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub redis_url: String,
+    pub data_dir: PathBuf,
+    /// Jobs run at once by this process.
+    pub concurrency: usize,
+    pub archive_ttl: Duration,
+    /// Unique per process; generated from host and pid when `None`.
+    pub name: Option<String>,
+}
+
+/// What every job handler of this process shares.
+pub(crate) struct WorkerState {
+    pub(crate) store: Store,
+    pub(crate) source: Arc<dyn ProjectSource>,
+    pub(crate) storage: Storage,
+    pub(crate) producer: JobQueue<ExportRequest>,
+    pub(crate) archive_ttl: Duration,
+    /// Cancelled when the process shuts down: running exports stop and hand their jobs back.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// A worker name unique across the fleet: host, pid and a random suffix.
+pub fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".to_owned());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}-{}-{suffix}", std::process::id())
+}
+
+async fn connect_with_retry(url: &str, shutdown: &CancellationToken) -> anyhow::Result<Store> {
+    loop {
+        match Store::connect(url).await {
+            Ok(store) => return Ok(store),
+            Err(e) => tracing::warn!(error = %e, "redis not reachable yet, retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("shut down before redis was reachable"),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn handle(request: ExportRequest, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
+    job::run_export(&state, request.job_id).await.map_err(Into::into)
+}
+
+/// Runs the worker until `shutdown` resolves; in-flight jobs are then stopped and handed back.
+pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let name = config.name.clone().unwrap_or_else(default_worker_name);
+    let stop = CancellationToken::new();
+    let stop_on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_on_signal.cancel();
+    });
+    let store = connect_with_retry(&config.redis_url, &stop).await?;
+    let queue = JobQueue::<ExportRequest>::consumer(store.clone(), QueueConfig::new(name.clone())).await?;
+    let state = Arc::new(WorkerState {
+        producer: JobQueue::producer(store.clone()),
+        store,
+        source: Arc::new(FileProjectStore::new(&config.data_dir)),
+        storage: Storage::new(&config.data_dir),
+        archive_ttl: config.archive_ttl,
+        shutdown: stop.clone(),
+    });
+    tracing::info!(worker = %name, concurrency = config.concurrency, "worker started");
+    let concurrency = config.concurrency.max(1);
+    let monitor = Monitor::new()
+        .register(move |_| {
+            WorkerBuilder::new(name.as_str())
+                .backend(queue.clone())
+                .data(state.clone())
+                .catch_panic()
+                .concurrency(concurrency)
+                .build(handle)
+        })
+        .shutdown_timeout(Duration::from_secs(8));
+    monitor
+        .run_with_signal(async move {
+            stop.cancelled().await;
+            Ok(())
+        })
+        .await?;
+    tracing::info!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! JWT authentication (HS256): who is calling, and whether they are an admin.
+//!
+//! Tokens come from `Authorization: Bearer …` or, for WebSockets and browser downloads,
+//! the `token` query parameter. `sub` and `exp` are required; `role: "admin"` is optional.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use cellport_core::UserId;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// The signing secret, prepared once.
+#[derive(Clone)]
+pub struct JwtKeys {
+    inner: Arc<(EncodingKey, DecodingKey)>,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtKeys(..)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token expired")]
+    Expired,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &str) -> anyhow::Result<JwtKeys> {
+        anyhow::ensure!(!secret.is_empty(), "the JWT secret must not be empty");
+        Ok(JwtKeys {
+            inner: Arc::new((
+                EncodingKey::from_secret(secret.as_bytes())?,
+                DecodingKey::from_secret(secret.as_bytes())?,
+            )),
+        })
+    }
+
+    /// Mints a token for `user`, valid for `ttl`.
+    pub fn mint(&self, user: &UserId, admin: bool, ttl: Duration) -> String {
+        let exp = OffsetDateTime::now_utc().unix_timestamp() as u64 + ttl.as_secs();
+        let claims = Claims {
+            sub: user.to_string(),
+            exp,
+            role: admin.then(|| "admin".to_owned()),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.inner.0).expect("HS256 signing does not fail")
+    }
+
+    /// Checks signature, algorithm and expiry, and that `sub` is a valid user id.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.inner.1, &validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        let user = data
+            .claims
+            .sub
+            .parse::<UserId>()
+            .map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
+        Ok(Caller {
+            user,
+            admin: data.claims.role.as_deref() == Some("admin"),
+        })
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user: UserId,
+    pub admin: bool,
+}
+
+/// The token of a request: the bearer header first, then the `token` query parameter.
+pub fn token_from_parts(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+        return Some(token.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    form_urlencoded_token(query)
+}
+
+fn form_urlencoded_token(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "token").then(|| v.to_owned())
+    })
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    JwtKeys: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Caller, ApiError> {
+        let keys = JwtKeys::from_ref(state);
+        let token = token_from_parts(parts).ok_or(AuthError::Missing)?;
+        Ok(keys.verify(&token)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mint_then_verify_and_reject_tampering() {
+        let keys = JwtKeys::new("secret").unwrap();
+        let alice: UserId = "alice".parse().unwrap();
+        let token = keys.mint(&alice, true, Duration::from_secs(60));
+        assert_eq!(keys.verify(&token).unwrap(), Caller { user: alice, admin: true });
+        let other = JwtKeys::new("other").unwrap();
+        assert!(matches!(other.verify(&token), Err(AuthError::Invalid(_))));
+        assert!(matches!(keys.verify("garbage"), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let keys = JwtKeys::new("secret").unwrap();
+        let claims = Claims { sub: "bob".into(), exp: 1_000, role: None };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.inner.0).unwrap();
+        assert!(matches!(keys.verify(&token), Err(AuthError::Expired)));
+    }
+}

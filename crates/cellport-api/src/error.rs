@@ -1,0 +1,80 @@
+//! The API's error model: `{"error":{"code","message"}}` with a fitting status.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::AuthError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// The offending field of a 422.
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        let field = field.into();
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_options",
+            message: format!("{field}: {}", message.into()),
+            field: Some(field),
+        }
+    }
+
+    pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
+        tracing::warn!(error = %e, "backend unavailable");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage is unavailable, retry shortly")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            error["field"] = json!(field);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        let code = match e {
+            AuthError::Missing => "missing_token",
+            AuthError::Invalid(_) => "invalid_token",
+            AuthError::Expired => "token_expired",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+    }
+}
+
+impl From<cellport_store::StoreError> for ApiError {
+    fn from(e: cellport_store::StoreError) -> ApiError {
+        ApiError::unavailable(e)
+    }
+}
+
+impl From<cellport_pipeline::SourceError> for ApiError {
+    fn from(e: cellport_pipeline::SourceError) -> ApiError {
+        ApiError::unavailable(e)
+    }
+}

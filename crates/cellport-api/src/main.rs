@@ -1,0 +1,40 @@
+//! `cellport-api`: the HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use cellport_api::{ApiConfig, run};
+use cellport_runtime::{LogFormat, init_tracing, shutdown_signal};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Cellport HTTP API")]
+struct Args {
+    #[arg(long, env = "CELLPORT_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    #[arg(long, env = "CELLPORT_API_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// The WebSocket URL clients are told to follow events on.
+    #[arg(long, env = "CELLPORT_EVENTS_URL", default_value = "ws://127.0.0.1:8081/ws")]
+    events_url: String,
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let config = ApiConfig {
+        redis_url: args.redis_url,
+        data_dir: args.data_dir,
+        jwt_secret: args.jwt_secret,
+        events_url: args.events_url,
+    };
+    run(listener, config, shutdown_signal()).await
+}

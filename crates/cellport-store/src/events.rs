@@ -1,0 +1,88 @@
+//! Events on Redis pub/sub: the [`Envelope`] every job event travels in, and the
+//! [`EventSubscriber`] that receives them, resubscribing by itself after Redis reconnects.
+
+use cellport_core::{ExportEvent, JobId, JobRecord, UserId};
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::{StoreError, builder, keys};
+
+/// One job event as stored (the job's latest) and published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub job_id: JobId,
+    pub seq: u64,
+    pub terminal: bool,
+    /// Users who may receive it.
+    pub audience: Vec<UserId>,
+    /// The WebSocket frame, JSON, ready to send as is.
+    pub frame: String,
+}
+
+impl Envelope {
+    pub fn of(record: &JobRecord, event: &ExportEvent) -> Envelope {
+        Envelope {
+            job_id: record.job.id,
+            seq: event.common().seq,
+            terminal: event.is_terminal(),
+            audience: record.audience.clone(),
+            frame: event.to_frame(),
+        }
+    }
+
+    pub fn encode(&self) -> bytes::Bytes {
+        bytes::Bytes::from(rmp_serde::to_vec_named(self).expect("envelopes serialize"))
+    }
+
+    pub fn decode(raw: &[u8]) -> Result<Envelope, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(raw)
+    }
+
+    /// The event itself, parsed back from the frame.
+    pub fn event(&self) -> Result<ExportEvent, serde_json::Error> {
+        serde_json::from_str(&self.frame)
+    }
+}
+
+/// A dedicated pub/sub connection to the events channel.
+///
+/// It reconnects with backoff and resubscribes after every reconnect; events published while it
+/// was away are not replayed here: clients recover them from the stored latest events.
+pub struct EventSubscriber {
+    client: SubscriberClient,
+}
+
+impl EventSubscriber {
+    pub async fn connect(url: &str) -> Result<EventSubscriber, StoreError> {
+        let subscriber = builder(url)?.build_subscriber_client()?;
+        subscriber.init().await?;
+        subscriber.manage_subscriptions();
+        subscriber.subscribe(keys::EVENTS_CHANNEL).await?;
+        Ok(EventSubscriber { client: subscriber })
+    }
+
+    /// Every message on the channel; a slow receiver sees `Lagged` rather than blocking Redis.
+    pub fn messages(&self) -> broadcast::Receiver<fred::types::Message> {
+        self.client.message_rx()
+    }
+
+    /// Fires after each reconnect (after resubscribing), so callers can recover missed events.
+    pub fn reconnections(&self) -> broadcast::Receiver<fred::types::config::Server> {
+        self.client.reconnect_rx()
+    }
+
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+}
+
+/// Decodes a pub/sub message into an envelope.
+pub fn decode_message(message: &fred::types::Message) -> Result<Envelope, StoreError> {
+    let bytes = message
+        .value
+        .as_bytes()
+        .ok_or_else(|| StoreError::corrupt(keys::EVENTS_CHANNEL, "message is not a byte string"))?;
+    Envelope::decode(bytes).map_err(|e| StoreError::corrupt(keys::EVENTS_CHANNEL, e))
+}

@@ -1,0 +1,22 @@
+//! Redis key names. Only this crate knows them; everything else goes through [`crate::Store`].
+
+use cellport_core::{JobId, ProjectId};
+
+/// The stream that holds waiting and in-flight export jobs.
+pub(crate) const QUEUE_STREAM: &str = "cellport:queue";
+/// The consumer group all workers read the queue through.
+pub(crate) const QUEUE_GROUP: &str = "workers";
+/// Worker name → last heartbeat (ms since the epoch).
+pub(crate) const WORKERS: &str = "cellport:workers";
+/// The pub/sub channel of every job event.
+pub const EVENTS_CHANNEL: &str = "cellport:events";
+
+/// A job's record, seq, status and latest event.
+pub(crate) fn job(id: JobId) -> String {
+    format!("cellport:job:{id}")
+}
+
+/// A project's jobs by creation time: its export history.
+pub(crate) fn project_jobs(id: &ProjectId) -> String {
+    format!("cellport:project:{id}:jobs")
+}

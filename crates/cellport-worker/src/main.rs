@@ -1,0 +1,40 @@
+//! `cellport-worker`: pulls export jobs and runs them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use cellport_runtime::{LogFormat, init_tracing, parse_duration, shutdown_signal};
+use cellport_worker::{WorkerConfig, run};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Cellport export worker")]
+struct Args {
+    #[arg(long, env = "CELLPORT_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "CELLPORT_WORKER_CONCURRENCY", default_value_t = 2)]
+    concurrency: usize,
+    #[arg(long, env = "CELLPORT_ARCHIVE_TTL", default_value = "24h", value_parser = parse_duration)]
+    archive_ttl: Duration,
+    /// Worker name; must be unique in the fleet (default: host, pid and a random suffix).
+    #[arg(long, env = "CELLPORT_WORKER_NAME")]
+    name: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let config = WorkerConfig {
+        redis_url: args.redis_url,
+        data_dir: args.data_dir,
+        concurrency: args.concurrency,
+        archive_ttl: args.archive_ttl,
+        name: args.name,
+    };
+    run(config, shutdown_signal()).await
+}
