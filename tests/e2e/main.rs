@@ -1,1 +1,5 @@
-//! placeholder
+//! End-to-end tests: a private redis-server and the real services on loopback ports.
+
+mod api_errors;
+mod export_flow;
+mod support;

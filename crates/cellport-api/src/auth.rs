@@ -64,17 +64,20 @@ impl JwtKeys {
             exp,
             role: admin.then(|| "admin".to_owned()),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.inner.0).expect("HS256 signing does not fail")
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.inner.0)
+            .expect("HS256 signing does not fail")
     }
 
     /// Checks signature, algorithm and expiry, and that `sub` is a valid user id.
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.inner.1, &validation).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid(e.to_string()),
-        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.inner.1, &validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            },
+        )?;
         let user = data
             .claims
             .sub
@@ -98,7 +101,9 @@ pub struct Caller {
 pub fn token_from_parts(parts: &Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
-        let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))?;
         return Some(token.trim().to_owned());
     }
     let query = parts.uri.query()?;
@@ -135,7 +140,13 @@ mod tests {
         let keys = JwtKeys::new("secret").unwrap();
         let alice: UserId = "alice".parse().unwrap();
         let token = keys.mint(&alice, true, Duration::from_secs(60));
-        assert_eq!(keys.verify(&token).unwrap(), Caller { user: alice, admin: true });
+        assert_eq!(
+            keys.verify(&token).unwrap(),
+            Caller {
+                user: alice,
+                admin: true
+            }
+        );
         let other = JwtKeys::new("other").unwrap();
         assert!(matches!(other.verify(&token), Err(AuthError::Invalid(_))));
         assert!(matches!(keys.verify("garbage"), Err(AuthError::Invalid(_))));
@@ -144,8 +155,13 @@ mod tests {
     #[test]
     fn expired_tokens_are_refused() {
         let keys = JwtKeys::new("secret").unwrap();
-        let claims = Claims { sub: "bob".into(), exp: 1_000, role: None };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.inner.0).unwrap();
+        let claims = Claims {
+            sub: "bob".into(),
+            exp: 1_000,
+            role: None,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.inner.0).unwrap();
         assert!(matches!(keys.verify(&token), Err(AuthError::Expired)));
     }
 }

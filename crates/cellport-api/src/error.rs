@@ -27,7 +27,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
@@ -42,7 +46,11 @@ impl ApiError {
 
     pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
         tracing::warn!(error = %e, "backend unavailable");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage is unavailable, retry shortly")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "storage is unavailable, retry shortly",
+        )
     }
 }
 

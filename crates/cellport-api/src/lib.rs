@@ -62,9 +62,18 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/projects", get(routes::list_projects))
         .route("/api/projects/{project}/export", post(routes::start_export))
-        .route("/api/projects/{project}/export/{job}/status", get(routes::export_status))
-        .route("/api/projects/{project}/export/{job}/cancel", post(routes::cancel_export))
-        .route("/api/projects/{project}/export/{job}/download", get(routes::download))
+        .route(
+            "/api/projects/{project}/export/{job}/status",
+            get(routes::export_status),
+        )
+        .route(
+            "/api/projects/{project}/export/{job}/cancel",
+            post(routes::cancel_export),
+        )
+        .route(
+            "/api/projects/{project}/export/{job}/download",
+            get(routes::download),
+        )
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .fallback(routes::fallback)
@@ -72,9 +81,15 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then drains open requests.
-pub async fn run(listener: TcpListener, config: ApiConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let state = AppState::connect(&config).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }

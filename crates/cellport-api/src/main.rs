@@ -3,14 +3,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
 use cellport_api::{ApiConfig, run};
 use cellport_runtime::{LogFormat, init_tracing, shutdown_signal};
+use clap::Parser;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Cellport HTTP API")]
 struct Args {
-    #[arg(long, env = "CELLPORT_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "CELLPORT_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis_url: String,
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -19,7 +23,11 @@ struct Args {
     #[arg(long, env = "CELLPORT_API_ADDR", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
     /// The WebSocket URL clients are told to follow events on.
-    #[arg(long, env = "CELLPORT_EVENTS_URL", default_value = "ws://127.0.0.1:8081/ws")]
+    #[arg(
+        long,
+        env = "CELLPORT_EVENTS_URL",
+        default_value = "ws://127.0.0.1:8081/ws"
+    )]
     events_url: String,
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,

@@ -8,7 +8,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cellport_core::{CancelReason, ExportJob, ExportOptions, JobId, JobRecord, JobStatus, Project, ProjectId};
+use cellport_core::{
+    CancelReason, ExportJob, ExportOptions, JobId, JobRecord, JobStatus, Project, ProjectId,
+};
 use cellport_store::{ExportRequest, UpdateError};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -27,7 +29,11 @@ fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
 }
 
 /// The project, if it exists and the caller may see it; 404 alike otherwise (existence is not leaked).
-async fn visible_project(state: &AppState, caller: &Caller, id: &ProjectId) -> Result<Project, ApiError> {
+async fn visible_project(
+    state: &AppState,
+    caller: &Caller,
+    id: &ProjectId,
+) -> Result<Project, ApiError> {
     match state.source.project(id).await? {
         Some(p) if p.is_visible_to(&caller.user) => Ok(p),
         _ => Err(ApiError::not_found("project")),
@@ -35,7 +41,12 @@ async fn visible_project(state: &AppState, caller: &Caller, id: &ProjectId) -> R
 }
 
 /// The job, if it belongs to the project and the caller may see the project.
-async fn visible_job(state: &AppState, caller: &Caller, project: &str, job: &str) -> Result<JobRecord, ApiError> {
+async fn visible_job(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    job: &str,
+) -> Result<JobRecord, ApiError> {
     let project_id = parse_project_id(project)?;
     let job_id = parse_job_id(job)?;
     visible_project(state, caller, &project_id).await?;
@@ -50,11 +61,18 @@ fn options_from_body(body: &Bytes) -> Result<ExportOptions, ApiError> {
     let raw: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {e}")))?
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("malformed JSON: {e}"),
+            )
+        })?
     };
     let raw = match raw.as_object() {
-        Some(obj) if obj.len() == 1 && obj.get("options").is_some_and(Value::is_object) => &obj["options"],
+        Some(obj) if obj.len() == 1 && obj.get("options").is_some_and(Value::is_object) => {
+            &obj["options"]
+        }
         _ => &raw,
     };
     ExportOptions::parse(raw).map_err(|e| ApiError::invalid_field(e.field, e.message))
@@ -71,7 +89,10 @@ pub(crate) async fn start_export(
     let options = options_from_body(&body)?;
     if let Some(selected) = &options.selected_image_ids {
         if selected.is_empty() {
-            return Err(ApiError::invalid_field("selectedImageIds", "must name at least one image"));
+            return Err(ApiError::invalid_field(
+                "selectedImageIds",
+                "must name at least one image",
+            ));
         }
         let images = state.source.images(&project_id).await?;
         let known: HashSet<_> = images.iter().map(|i| &i.id).collect();
@@ -80,7 +101,11 @@ pub(crate) async fn start_export(
             let listed: Vec<&str> = foreign.iter().take(5).map(|id| id.as_str()).collect();
             return Err(ApiError::invalid_field(
                 "selectedImageIds",
-                format!("{} id(s) are not images of this project: {}", foreign.len(), listed.join(", ")),
+                format!(
+                    "{} id(s) are not images of this project: {}",
+                    foreign.len(),
+                    listed.join(", ")
+                ),
             ));
         }
     }
@@ -104,7 +129,9 @@ pub(crate) async fn start_export(
         let now = OffsetDateTime::now_utc();
         let _ = state
             .store
-            .update_job(job_id, Some(record), |r| r.job.fail("could not be queued".into(), now).map(Some))
+            .update_job(job_id, Some(record), |r| {
+                r.job.fail("could not be queued".into(), now).map(Some)
+            })
             .await;
         return Err(ApiError::unavailable(e));
     }
@@ -128,7 +155,9 @@ pub(crate) async fn export_status(
     caller: Caller,
     Path((project, job)): Path<(String, String)>,
 ) -> Result<Json<ExportJob>, ApiError> {
-    Ok(Json(visible_job(&state, &caller, &project, &job).await?.job))
+    Ok(Json(
+        visible_job(&state, &caller, &project, &job).await?.job,
+    ))
 }
 
 pub(crate) async fn cancel_export(
@@ -171,7 +200,13 @@ fn download_file_name(job: &ExportJob) -> String {
     let name: String = job
         .project_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let date = job.completed_at.unwrap_or(job.created_at).date();
     format!("{}_{date}.zip", name.trim_matches('.'))
@@ -186,17 +221,46 @@ pub(crate) async fn download(
     let job = record.job;
     match job.status {
         JobStatus::Completed => {}
-        JobStatus::Cancelled => return Err(ApiError::new(StatusCode::GONE, "cancelled", "export was cancelled")),
-        JobStatus::Failed => return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", "export failed")),
-        _ => return Err(ApiError::new(StatusCode::CONFLICT, "not_ready", "export is not finished yet")),
+        JobStatus::Cancelled => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "cancelled",
+                "export was cancelled",
+            ));
+        }
+        JobStatus::Failed => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_state",
+                "export failed",
+            ));
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_ready",
+                "export is not finished yet",
+            ));
+        }
     }
-    if job.expires_at.is_some_and(|t| t <= OffsetDateTime::now_utc()) {
-        return Err(ApiError::new(StatusCode::GONE, "expired", "archive has expired"));
+    if job
+        .expires_at
+        .is_some_and(|t| t <= OffsetDateTime::now_utc())
+    {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "expired",
+            "archive has expired",
+        ));
     }
     let (file, len) = match state.storage.open_archive(job.id).await {
         Ok(found) => found,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::new(StatusCode::GONE, "expired", "archive is no longer available"));
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "expired",
+                "archive is no longer available",
+            ));
         }
         Err(e) => return Err(ApiError::unavailable(e)),
     };
@@ -208,10 +272,13 @@ pub(crate) async fn download(
         .header(header::CONTENT_DISPOSITION, disposition)
         .header(header::ETAG, format!("\"{}-{}\"", job.id, len))
         .body(Body::from_stream(ReaderStream::new(file)))
-        .map_err(|e| ApiError::unavailable(e))
+        .map_err(ApiError::unavailable)
 }
 
-pub(crate) async fn list_projects(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list_projects(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     let projects = state.source.projects_visible_to(&caller.user).await?;
     let items: Vec<Value> = projects
         .iter()
@@ -228,7 +295,11 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<&'static str
     if state.store.ping().await {
         Ok("ready")
     } else {
-        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "redis does not answer"))
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "redis does not answer",
+        ))
     }
 }
 

@@ -51,7 +51,10 @@ impl FromStr for JobId {
 /// that would confuse a Redis key or a path.
 fn check_token(kind: &'static str, s: &str) -> Result<(), InvalidId> {
     if s.is_empty() {
-        return Err(InvalidId { kind, reason: "empty" });
+        return Err(InvalidId {
+            kind,
+            reason: "empty",
+        });
     }
     if s.len() > 128 {
         return Err(InvalidId {

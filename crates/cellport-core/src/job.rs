@@ -43,7 +43,10 @@ impl JobStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 
     /// The one place that decides which status may follow which.
@@ -55,7 +58,10 @@ impl JobStatus {
         let allowed = matches!(
             (self, to),
             (Pending, Processing | Cancelled | Failed)
-                | (Processing, Processing | Pending | Completed | Failed | Cancelled)
+                | (
+                    Processing,
+                    Processing | Pending | Completed | Failed | Cancelled
+                )
         );
         if allowed {
             Ok(to)
@@ -303,7 +309,11 @@ impl ExportJob {
         }))
     }
 
-    pub fn fail(&mut self, error: String, now: OffsetDateTime) -> Result<ExportEvent, TransitionError> {
+    pub fn fail(
+        &mut self,
+        error: String,
+        now: OffsetDateTime,
+    ) -> Result<ExportEvent, TransitionError> {
         self.set_status(JobStatus::Failed)?;
         self.error_message = Some(error.clone());
         self.failed_at = Some(now);
@@ -355,7 +365,11 @@ mod tests {
         ];
         for from in all {
             for to in all {
-                assert_eq!(from.transition(to).is_ok(), allowed.contains(&(from, to)), "{from} -> {to}");
+                assert_eq!(
+                    from.transition(to).is_ok(),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
             }
         }
     }

@@ -152,7 +152,10 @@ fn want_int_in(field: &str, v: &Value, lo: u32, hi: u32) -> Result<u32, InvalidO
         .filter(|n| n.fract() == 0.0)
         .ok_or_else(|| invalid(field, format!("expected an integer, got {}", type_name(v))))?;
     if n < f64::from(lo) || n > f64::from(hi) {
-        return Err(invalid(field, format!("must be between {lo} and {hi}, got {n}")));
+        return Err(invalid(
+            field,
+            format!("must be between {lo} and {hi}, got {n}"),
+        ));
     }
     Ok(n as u32)
 }
@@ -162,7 +165,10 @@ fn want_number_in(field: &str, v: &Value, lo: f64, hi: f64) -> Result<f64, Inval
         .as_f64()
         .ok_or_else(|| invalid(field, format!("expected a number, got {}", type_name(v))))?;
     if !(lo..=hi).contains(&n) {
-        return Err(invalid(field, format!("must be between {lo} and {hi}, got {n}")));
+        return Err(invalid(
+            field,
+            format!("must be between {lo} and {hi}, got {n}"),
+        ));
     }
     Ok(n)
 }
@@ -182,9 +188,8 @@ fn want_formats<T: for<'de> Deserialize<'de> + PartialEq>(
         .ok_or_else(|| invalid(field, format!("expected an array, got {}", type_name(v))))?;
     let mut formats = Vec::with_capacity(items.len());
     for item in items {
-        let format = T::deserialize(item).map_err(|_| {
-            invalid(field, format!("unknown format {item}; allowed: {allowed}"))
-        })?;
+        let format = T::deserialize(item)
+            .map_err(|_| invalid(field, format!("unknown format {item}; allowed: {allowed}")))?;
         if !formats.contains(&format) {
             formats.push(format);
         }
@@ -239,10 +244,7 @@ impl ExportOptions {
     }
 
     /// The selected ids that are not in `known`, in request order.
-    pub fn foreign_image_ids<'a>(
-        &'a self,
-        mut is_known: impl FnMut(&ImageId) -> bool,
-    ) -> Vec<&'a ImageId> {
+    pub fn foreign_image_ids(&self, mut is_known: impl FnMut(&ImageId) -> bool) -> Vec<&ImageId> {
         self.selected_image_ids
             .iter()
             .flatten()
@@ -267,7 +269,12 @@ fn parse_image_ids(field: &str, v: &Value) -> Result<Vec<ImageId>, InvalidOption
         let id = match item {
             Value::String(s) => s.parse::<ImageId>(),
             Value::Number(n) => n.to_string().parse::<ImageId>(),
-            _ => return Err(invalid(field, format!("expected image ids, got {}", type_name(item)))),
+            _ => {
+                return Err(invalid(
+                    field,
+                    format!("expected image ids, got {}", type_name(item)),
+                ));
+            }
         }
         .map_err(|e| invalid(field, e.to_string()))?;
         if seen.insert(id.clone()) {
@@ -323,7 +330,10 @@ mod tests {
     fn empty_object_gives_the_dialog_defaults() {
         let opts = ExportOptions::parse(&json!({})).unwrap();
         assert_eq!(opts, ExportOptions::default());
-        assert_eq!(opts.annotation_formats, [AnnotationFormat::Coco, AnnotationFormat::Json]);
+        assert_eq!(
+            opts.annotation_formats,
+            [AnnotationFormat::Coco, AnnotationFormat::Json]
+        );
         assert_eq!(opts.metrics_formats, [MetricsFormat::Excel]);
         assert_eq!(opts.visualization_options.stroke_width, 2);
     }
@@ -347,10 +357,24 @@ mod tests {
         .unwrap();
         assert!(!opts.include_original_images);
         assert_eq!(opts.annotation_formats, [AnnotationFormat::Yolo]);
-        assert_eq!(opts.metrics_formats, [MetricsFormat::Csv, MetricsFormat::Json]);
-        assert_eq!(opts.visualization_options.polygon_colors.external.to_string(), "#00FF00");
+        assert_eq!(
+            opts.metrics_formats,
+            [MetricsFormat::Csv, MetricsFormat::Json]
+        );
+        assert_eq!(
+            opts.visualization_options
+                .polygon_colors
+                .external
+                .to_string(),
+            "#00FF00"
+        );
         assert_eq!(opts.visualization_options.transparency, 0.0);
-        let ids: Vec<&str> = opts.selected_image_ids.iter().flatten().map(|i| i.as_str()).collect();
+        let ids: Vec<&str> = opts
+            .selected_image_ids
+            .iter()
+            .flatten()
+            .map(|i| i.as_str())
+            .collect();
         assert_eq!(ids, ["a", "7"]);
         assert_eq!(opts.pixel_to_micrometer_scale, Some(0.5));
     }
@@ -359,15 +383,36 @@ mod tests {
     fn errors_name_the_field() {
         check_err(json!([]), "options");
         check_err(json!({"bogus": 1}), "bogus");
-        check_err(json!({"includeVisualizations": "yes"}), "includeVisualizations");
-        check_err(json!({"annotationFormats": ["coco", "voc"]}), "annotationFormats");
+        check_err(
+            json!({"includeVisualizations": "yes"}),
+            "includeVisualizations",
+        );
+        check_err(
+            json!({"annotationFormats": ["coco", "voc"]}),
+            "annotationFormats",
+        );
         check_err(json!({"annotationFormats": "coco"}), "annotationFormats");
         check_err(json!({"metricsFormats": ["pdf"]}), "metricsFormats");
-        check_err(json!({"visualizationOptions": {"strokeWidth": 0}}), "visualizationOptions.strokeWidth");
-        check_err(json!({"visualizationOptions": {"strokeWidth": 2.5}}), "visualizationOptions.strokeWidth");
-        check_err(json!({"visualizationOptions": {"fontSize": 51}}), "visualizationOptions.fontSize");
-        check_err(json!({"visualizationOptions": {"transparency": 1.5}}), "visualizationOptions.transparency");
-        check_err(json!({"visualizationOptions": {"nope": 1}}), "visualizationOptions.nope");
+        check_err(
+            json!({"visualizationOptions": {"strokeWidth": 0}}),
+            "visualizationOptions.strokeWidth",
+        );
+        check_err(
+            json!({"visualizationOptions": {"strokeWidth": 2.5}}),
+            "visualizationOptions.strokeWidth",
+        );
+        check_err(
+            json!({"visualizationOptions": {"fontSize": 51}}),
+            "visualizationOptions.fontSize",
+        );
+        check_err(
+            json!({"visualizationOptions": {"transparency": 1.5}}),
+            "visualizationOptions.transparency",
+        );
+        check_err(
+            json!({"visualizationOptions": {"nope": 1}}),
+            "visualizationOptions.nope",
+        );
         check_err(
             json!({"visualizationOptions": {"polygonColors": {"external": "red"}}}),
             "visualizationOptions.polygonColors.external",
@@ -376,15 +421,23 @@ mod tests {
             json!({"visualizationOptions": {"polygonColors": {"outline": "#000000"}}}),
             "visualizationOptions.polygonColors.outline",
         );
-        check_err(json!({"pixelToMicrometerScale": 0}), "pixelToMicrometerScale");
-        check_err(json!({"pixelToMicrometerScale": 1001}), "pixelToMicrometerScale");
+        check_err(
+            json!({"pixelToMicrometerScale": 0}),
+            "pixelToMicrometerScale",
+        );
+        check_err(
+            json!({"pixelToMicrometerScale": 1001}),
+            "pixelToMicrometerScale",
+        );
         check_err(json!({"selectedImageIds": [true]}), "selectedImageIds");
         check_err(json!({"selectedImageIds": ["../x"]}), "selectedImageIds");
     }
 
     #[test]
     fn options_round_trip_through_json() {
-        let opts = ExportOptions::parse(&json!({"pixelToMicrometerScale": 2, "selectedImageIds": ["x"]})).unwrap();
+        let opts =
+            ExportOptions::parse(&json!({"pixelToMicrometerScale": 2, "selectedImageIds": ["x"]}))
+                .unwrap();
         let back = ExportOptions::parse(&serde_json::to_value(&opts).unwrap()).unwrap();
         assert_eq!(back, opts);
     }

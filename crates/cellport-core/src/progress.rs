@@ -135,7 +135,11 @@ impl ProgressTracker {
                         TaskStatus::Pending
                     },
                     progress: if t.cost_total == 0 {
-                        if t.items_completed == t.items_total { 100.0 } else { 0.0 }
+                        if t.items_completed == t.items_total {
+                            100.0
+                        } else {
+                            0.0
+                        }
                     } else {
                         t.cost_done as f64 / t.cost_total as f64 * 100.0
                     },
@@ -154,9 +158,21 @@ mod tests {
 
     fn plan() -> Vec<PlannedTask> {
         vec![
-            PlannedTask { name: "images".into(), items: 2, cost: 300 },
-            PlannedTask { name: "documentation".into(), items: 1, cost: 100 },
-            PlannedTask { name: "visualizations".into(), items: 0, cost: 0 },
+            PlannedTask {
+                name: "images".into(),
+                items: 2,
+                cost: 300,
+            },
+            PlannedTask {
+                name: "documentation".into(),
+                items: 1,
+                cost: 100,
+            },
+            PlannedTask {
+                name: "visualizations".into(),
+                items: 0,
+                cost: 0,
+            },
         ]
     }
 
@@ -180,7 +196,11 @@ mod tests {
         assert_eq!(s.overall(), 80.0);
         assert_eq!((s.items_completed, s.items_total), (3, 3));
         assert_eq!(s.estimated_remaining_ms, Some(0));
-        assert!(s.tasks[..2].iter().all(|t| t.status == TaskStatus::Completed));
+        assert!(
+            s.tasks[..2]
+                .iter()
+                .all(|t| t.status == TaskStatus::Completed)
+        );
     }
 
     #[test]
@@ -194,6 +214,9 @@ mod tests {
     fn estimate_comes_from_the_measured_rate() {
         let mut t = ProgressTracker::new(&plan());
         t.add_cost(0, 100);
-        assert_eq!(t.snapshot(Duration::from_secs(2)).estimated_remaining_ms, Some(6000));
+        assert_eq!(
+            t.snapshot(Duration::from_secs(2)).estimated_remaining_ms,
+            Some(6000)
+        );
     }
 }

@@ -74,7 +74,10 @@ pub struct ExportSummary {
 pub fn plan_tasks(input: &ExportInput<'_>) -> Vec<PlannedTask> {
     let opts = input.options;
     let (image_items, image_cost) = if opts.include_original_images {
-        (input.images.len() as u64, input.images.iter().map(|i| i.size_bytes.max(1)).sum())
+        (
+            input.images.len() as u64,
+            input.images.iter().map(|i| i.size_bytes.max(1)).sum(),
+        )
     } else {
         (0, 0)
     };
@@ -101,7 +104,8 @@ struct Reporter<'a> {
 
 impl Reporter<'_> {
     fn send(&self, boundary: bool) {
-        self.sink.report(self.tracker.snapshot(self.started.elapsed()), boundary);
+        self.sink
+            .report(self.tracker.snapshot(self.started.elapsed()), boundary);
     }
 
     fn enter(&mut self, task: &str) -> usize {
@@ -145,7 +149,11 @@ where
     let warnings = Vec::new();
 
     let mut stems = StemAllocator::default();
-    let names: Vec<_> = input.images.iter().map(|img| stems.assign(&img.name)).collect();
+    let names: Vec<_> = input
+        .images
+        .iter()
+        .map(|img| stems.assign(&img.name))
+        .collect();
 
     if input.options.include_original_images {
         let task = reporter.enter(TASK_IMAGES);
@@ -159,9 +167,11 @@ where
             let mut writer = zip.write_entry_stream(entry).await?;
             let mut copied = 0u64;
             loop {
-                let n = read_chunk(&mut file, &mut buf).await.map_err(|source| ExportError::ReadImage {
-                    name: image.name.clone(),
-                    source,
+                let n = read_chunk(&mut file, &mut buf).await.map_err(|source| {
+                    ExportError::ReadImage {
+                        name: image.name.clone(),
+                        source,
+                    }
                 })?;
                 if n == 0 {
                     break;
@@ -173,7 +183,9 @@ where
                 check_cancel(cancel)?;
             }
             writer.close().await?;
-            reporter.tracker.finish_item(task, image.size_bytes.max(1), copied);
+            reporter
+                .tracker
+                .finish_item(task, image.size_bytes.max(1), copied);
             reporter.send(false);
             entries.push(entry_name);
         }
@@ -193,8 +205,11 @@ where
         });
         let bytes = serde_json::to_vec_pretty(&metadata).expect("metadata serializes");
         let name = "documentation/metadata.json".to_owned();
-        zip.write_entry_whole(ZipEntryBuilder::new(name.clone().into(), Compression::Deflate), &bytes)
-            .await?;
+        zip.write_entry_whole(
+            ZipEntryBuilder::new(name.clone().into(), Compression::Deflate),
+            &bytes,
+        )
+        .await?;
         entries.push(name);
         reporter.tracker.finish_item(task, DOCUMENTATION_COST, 0);
     }

@@ -7,7 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
-use cellport_core::{ImageId, ImageRecord, Point, Polygon, PolygonKind, Project, ProjectId, UserId};
+use cellport_core::{
+    ImageId, ImageRecord, Point, Polygon, PolygonKind, Project, ProjectId, UserId,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -129,14 +131,20 @@ fn polygons_of(segmentation: &Value, kind: PolygonKind) -> Option<Vec<Polygon>> 
             let coords = coords?;
             Some(Polygon {
                 kind,
-                points: coords.chunks_exact(2).map(|xy| Point { x: xy[0], y: xy[1] }).collect(),
+                points: coords
+                    .chunks_exact(2)
+                    .map(|xy| Point { x: xy[0], y: xy[1] })
+                    .collect(),
             })
         })
         .collect()
 }
 
 /// Imports a project into the store and returns it.
-pub async fn import_project(store: &FileProjectStore, req: ImportRequest) -> Result<ImportReport, ImportError> {
+pub async fn import_project(
+    store: &FileProjectStore,
+    req: ImportRequest,
+) -> Result<ImportReport, ImportError> {
     let name = req.name.trim().to_owned();
     if name.is_empty() {
         return Err(ImportError::EmptyName);
@@ -146,10 +154,12 @@ pub async fn import_project(store: &FileProjectStore, req: ImportRequest) -> Res
     {
         return Err(ImportError::BadScale(s));
     }
-    let raw = tokio::fs::read(&req.coco_file).await.map_err(|source| ImportError::ReadCoco {
-        path: req.coco_file.clone(),
-        source,
-    })?;
+    let raw = tokio::fs::read(&req.coco_file)
+        .await
+        .map_err(|source| ImportError::ReadCoco {
+            path: req.coco_file.clone(),
+            source,
+        })?;
     let coco: CocoFile = serde_json::from_slice(&raw).map_err(|source| ImportError::ParseCoco {
         path: req.coco_file.clone(),
         source,
@@ -174,7 +184,11 @@ pub async fn import_project(store: &FileProjectStore, req: ImportRequest) -> Res
                 .and_then(|a| a.get("type"))
                 .and_then(Value::as_str)
                 == Some("internal");
-        let kind = if is_hole { PolygonKind::Internal } else { PolygonKind::External };
+        let kind = if is_hole {
+            PolygonKind::Internal
+        } else {
+            PolygonKind::External
+        };
         match polygons_of(&ann.segmentation, kind) {
             Some(polys) => polygons_by_image.entry(id_text(&ann.image_id)).or_default().extend(polys),
             None => warnings.push(format!(
@@ -189,7 +203,10 @@ pub async fn import_project(store: &FileProjectStore, req: ImportRequest) -> Res
     let files_dir = store.project_dir(&project_id).join("files");
     tokio::fs::create_dir_all(&files_dir)
         .await
-        .map_err(|source| SourceError::Io { path: files_dir.clone(), source })?;
+        .map_err(|source| SourceError::Io {
+            path: files_dir.clone(),
+            source,
+        })?;
 
     let mut images = Vec::with_capacity(coco.images.len());
     let mut used_files = HashSet::new();
@@ -208,29 +225,56 @@ pub async fn import_project(store: &FileProjectStore, req: ImportRequest) -> Res
         let (width, height) = match (read_dimensions(&path), img.width, img.height) {
             (Some(dims), _, _) => dims,
             (None, Some(w), Some(h)) => {
-                warnings.push(format!("image {}: unreadable, keeping the COCO size {w}x{h}", img.file_name));
+                warnings.push(format!(
+                    "image {}: unreadable, keeping the COCO size {w}x{h}",
+                    img.file_name
+                ));
                 (w, h)
             }
-            (None, _, _) => return Err(bad("unreadable and the COCO file gives no width/height".into())),
+            (None, _, _) => {
+                return Err(bad(
+                    "unreadable and the COCO file gives no width/height".into()
+                ));
+            }
         };
         used_files.insert(path.clone());
         let polygons = polygons_by_image.remove(id.as_str()).unwrap_or_default();
-        images.push(copy_image(store, &project_id, id, &img.file_name, &path, width, height, polygons).await?);
+        images.push(
+            copy_image(
+                store,
+                &project_id,
+                id,
+                &img.file_name,
+                &path,
+                width,
+                height,
+                polygons,
+            )
+            .await?,
+        );
     }
     for orphan in polygons_by_image.keys() {
-        warnings.push(format!("annotations refer to image id {orphan}, which the COCO file does not list: skipped"));
+        warnings.push(format!(
+            "annotations refer to image id {orphan}, which the COCO file does not list: skipped"
+        ));
     }
 
     // Image files of the directory that the COCO file does not name join the project without polygons.
     let mut extra = Vec::new();
-    let mut dir = tokio::fs::read_dir(&req.images_dir).await.map_err(|source| ImportError::ReadDir {
-        path: req.images_dir.clone(),
-        source,
-    })?;
-    while let Some(entry) = dir.next_entry().await.map_err(|source| ImportError::ReadDir {
-        path: req.images_dir.clone(),
-        source,
-    })? {
+    let mut dir = tokio::fs::read_dir(&req.images_dir)
+        .await
+        .map_err(|source| ImportError::ReadDir {
+            path: req.images_dir.clone(),
+            source,
+        })?;
+    while let Some(entry) = dir
+        .next_entry()
+        .await
+        .map_err(|source| ImportError::ReadDir {
+            path: req.images_dir.clone(),
+            source,
+        })?
+    {
         let path = entry.path();
         let is_image = path
             .extension()
@@ -243,9 +287,15 @@ pub async fn import_project(store: &FileProjectStore, req: ImportRequest) -> Res
     extra.sort();
     let mut next_id = images.len() + 1;
     for path in extra {
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("image").to_owned();
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("image")
+            .to_owned();
         let Some((width, height)) = read_dimensions(&path) else {
-            warnings.push(format!("{file_name}: not in the COCO file and unreadable: skipped"));
+            warnings.push(format!(
+                "{file_name}: not in the COCO file and unreadable: skipped"
+            ));
             continue;
         };
         let id = loop {
@@ -255,7 +305,19 @@ pub async fn import_project(store: &FileProjectStore, req: ImportRequest) -> Res
                 break candidate;
             }
         };
-        images.push(copy_image(store, &project_id, id, &file_name, &path, width, height, Vec::new()).await?);
+        images.push(
+            copy_image(
+                store,
+                &project_id,
+                id,
+                &file_name,
+                &path,
+                width,
+                height,
+                Vec::new(),
+            )
+            .await?,
+        );
     }
 
     let project = Project {
@@ -286,10 +348,12 @@ async fn copy_image(
     polygons: Vec<Polygon>,
 ) -> Result<ImageRecord, ImportError> {
     let to = store.image_path(project, &id);
-    let size_bytes = tokio::fs::copy(from, &to).await.map_err(|source| ImportError::BadImage {
-        file_name: name.to_owned(),
-        reason: format!("cannot copy {}: {source}", from.display()),
-    })?;
+    let size_bytes = tokio::fs::copy(from, &to)
+        .await
+        .map_err(|source| ImportError::BadImage {
+            file_name: name.to_owned(),
+            reason: format!("cannot copy {}: {source}", from.display()),
+        })?;
     Ok(ImageRecord {
         id,
         name: name.to_owned(),

@@ -14,6 +14,8 @@ pub mod source;
 pub mod storage;
 pub mod synthetic;
 
-pub use export::{ExportError, ExportInput, ExportSummary, ProgressSink, export_archive, plan_tasks};
+pub use export::{
+    ExportError, ExportInput, ExportSummary, ProgressSink, export_archive, plan_tasks,
+};
 pub use source::{FileProjectStore, ProjectSource, SourceError};
 pub use storage::Storage;

@@ -31,7 +31,13 @@ pub fn sanitize_file_name(raw: &str) -> String {
     let cleaned: String = last
         .chars()
         .filter(|c| !c.is_control())
-        .map(|c| if matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|') { '_' } else { c })
+        .map(|c| {
+            if matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|') {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').trim();
     if cleaned.is_empty() {
@@ -109,6 +115,9 @@ mod tests {
             .iter()
             .map(|n| alloc.assign(n).file_name())
             .collect();
-        assert_eq!(names, ["a.png", "A_2.png", "a_3.tif", "a_2_2.png", "a_4.png", "b"]);
+        assert_eq!(
+            names,
+            ["a.png", "A_2.png", "a_3.tif", "a_2_2.png", "a_4.png", "b"]
+        );
     }
 }

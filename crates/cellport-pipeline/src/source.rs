@@ -40,13 +40,22 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SourceError + '_ {
 /// Where projects come from. Object-safe so services hold an `Arc<dyn ProjectSource>`.
 pub trait ProjectSource: Send + Sync + 'static {
     /// The project, or `None` when it does not exist.
-    fn project<'a>(&'a self, id: &'a ProjectId) -> BoxFuture<'a, Result<Option<Project>, SourceError>>;
+    fn project<'a>(
+        &'a self,
+        id: &'a ProjectId,
+    ) -> BoxFuture<'a, Result<Option<Project>, SourceError>>;
 
     /// Projects the user owns or that are shared with them, oldest first.
-    fn projects_visible_to<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, Result<Vec<Project>, SourceError>>;
+    fn projects_visible_to<'a>(
+        &'a self,
+        user: &'a UserId,
+    ) -> BoxFuture<'a, Result<Vec<Project>, SourceError>>;
 
     /// The project's images with their polygons, in project order.
-    fn images<'a>(&'a self, id: &'a ProjectId) -> BoxFuture<'a, Result<Vec<ImageRecord>, SourceError>>;
+    fn images<'a>(
+        &'a self,
+        id: &'a ProjectId,
+    ) -> BoxFuture<'a, Result<Vec<ImageRecord>, SourceError>>;
 
     /// Opens an image's original bytes for streaming.
     fn open_image<'a>(
@@ -74,25 +83,36 @@ impl FileProjectStore {
         self.root.join(id.as_str())
     }
 
-    pub(crate) fn image_path(&self, project: &ProjectId, image: &cellport_core::ImageId) -> PathBuf {
+    pub(crate) fn image_path(
+        &self,
+        project: &ProjectId,
+        image: &cellport_core::ImageId,
+    ) -> PathBuf {
         self.project_dir(project).join("files").join(image.as_str())
     }
 
-    async fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, SourceError> {
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        path: &Path,
+    ) -> Result<Option<T>, SourceError> {
         match tokio::fs::read(path).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| SourceError::Corrupt {
-                    path: path.to_owned(),
-                    source,
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| SourceError::Corrupt {
+                        path: path.to_owned(),
+                        source,
+                    })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(path)(e)),
         }
     }
 
     /// Writes a JSON file atomically (temp file + rename) so readers never see half a file.
-    pub(crate) async fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), SourceError> {
+    pub(crate) async fn write_json<T: serde::Serialize>(
+        path: &Path,
+        value: &T,
+    ) -> Result<(), SourceError> {
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(value).expect("project files serialize");
         tokio::fs::write(&tmp, &bytes).await.map_err(io_err(&tmp))?;
@@ -101,7 +121,9 @@ impl FileProjectStore {
 
     pub(crate) async fn save_project(&self, project: &Project) -> Result<(), SourceError> {
         let dir = self.project_dir(&project.id);
-        tokio::fs::create_dir_all(&dir).await.map_err(io_err(&dir))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io_err(&dir))?;
         Self::write_json(&dir.join("project.json"), project).await
     }
 
@@ -120,11 +142,17 @@ impl FileProjectStore {
 }
 
 impl ProjectSource for FileProjectStore {
-    fn project<'a>(&'a self, id: &'a ProjectId) -> BoxFuture<'a, Result<Option<Project>, SourceError>> {
+    fn project<'a>(
+        &'a self,
+        id: &'a ProjectId,
+    ) -> BoxFuture<'a, Result<Option<Project>, SourceError>> {
         Box::pin(async move { Self::read_json(&self.project_dir(id).join("project.json")).await })
     }
 
-    fn projects_visible_to<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, Result<Vec<Project>, SourceError>> {
+    fn projects_visible_to<'a>(
+        &'a self,
+        user: &'a UserId,
+    ) -> BoxFuture<'a, Result<Vec<Project>, SourceError>> {
         Box::pin(async move {
             let mut dirs = match tokio::fs::read_dir(&self.root).await {
                 Ok(d) => d,
@@ -145,7 +173,10 @@ impl ProjectSource for FileProjectStore {
         })
     }
 
-    fn images<'a>(&'a self, id: &'a ProjectId) -> BoxFuture<'a, Result<Vec<ImageRecord>, SourceError>> {
+    fn images<'a>(
+        &'a self,
+        id: &'a ProjectId,
+    ) -> BoxFuture<'a, Result<Vec<ImageRecord>, SourceError>> {
         Box::pin(async move {
             Self::read_json(&self.project_dir(id).join("images.json"))
                 .await?

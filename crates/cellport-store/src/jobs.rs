@@ -95,7 +95,10 @@ impl Store {
         if created == 1 {
             Ok(())
         } else {
-            Err(StoreError::corrupt(keys::job(job.id), "a job with this id exists already"))
+            Err(StoreError::corrupt(
+                keys::job(job.id),
+                "a job with this id exists already",
+            ))
         }
     }
 
@@ -107,7 +110,8 @@ impl Store {
         let (Some(seq), Some(record)) = (seq, record) else {
             return Ok(None);
         };
-        let mut record: JobRecord = rmp_serde::from_slice(&record).map_err(|e| StoreError::corrupt(&key, e))?;
+        let mut record: JobRecord =
+            rmp_serde::from_slice(&record).map_err(|e| StoreError::corrupt(&key, e))?;
         record.job.seq = seq;
         Ok(Some(record))
     }
@@ -123,7 +127,11 @@ impl Store {
     /// Writes `record` (and publishes `event`) if nobody wrote the job since `record.job.seq` was read.
     ///
     /// On success the record's and the event's `seq` are the new seq.
-    pub async fn commit(&self, record: &mut JobRecord, event: Option<&mut ExportEvent>) -> Result<u64, CommitError> {
+    pub async fn commit(
+        &self,
+        record: &mut JobRecord,
+        event: Option<&mut ExportEvent>,
+    ) -> Result<u64, CommitError> {
         let expected = record.job.seq;
         let seq = expected + 1;
         record.job.seq = seq;

@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use apalis_codec::msgpack::MsgPackCodec;
 use apalis_core::backend::finalize::Durable;
-use apalis_core::backend::persistence::{Persisted, Persistence, State, TaskEvent, TaskPersistLayer};
 use apalis_core::backend::future::BoxSyncFuture;
+use apalis_core::backend::persistence::{
+    Persisted, Persistence, State, TaskEvent, TaskPersistLayer,
+};
 use apalis_core::backend::{Backend, BackendConfig, WireFormatBackend};
 use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
@@ -107,7 +109,11 @@ impl StreamPersistence {
         let mut tasks = Vec::new();
         for (id, mut fields) in reply.into_values().flatten() {
             match fields.remove(ARGS_FIELD) {
-                Some(args) => tasks.push(TaskBuilder::new(args.to_vec()).task_id(TaskId::from_string(id)).build()),
+                Some(args) => tasks.push(
+                    TaskBuilder::new(args.to_vec())
+                        .task_id(TaskId::from_string(id))
+                        .build(),
+                ),
                 None => {
                     tracing::error!(entry = %id, "queue entry without arguments: dropped");
                     self.ack(vec![id]).await?;
@@ -142,7 +148,14 @@ impl Persistence for StreamPersistence {
                 let _: () = self
                     .store
                     .client()
-                    .zadd(keys::WORKERS, None, None, false, false, (now_ms() as f64, worker.name()))
+                    .zadd(
+                        keys::WORKERS,
+                        None,
+                        None,
+                        false,
+                        false,
+                        (now_ms() as f64, worker.name()),
+                    )
                     .await?;
                 Ok::<_, StoreError>(())
             };
@@ -160,7 +173,14 @@ impl Persistence for StreamPersistence {
         let beat: Result<(), _> = self
             .store
             .client()
-            .zadd(keys::WORKERS, None, None, false, false, (now_ms() as f64, worker.name()))
+            .zadd(
+                keys::WORKERS,
+                None,
+                None,
+                false,
+                false,
+                (now_ms() as f64, worker.name()),
+            )
             .await;
         if let Err(e) = beat {
             tracing::warn!(worker = worker.name(), error = %e, "heartbeat failed");
@@ -168,7 +188,10 @@ impl Persistence for StreamPersistence {
         Ok(())
     }
 
-    async fn fetch_next(&mut self, worker: &WorkerContext) -> Result<Vec<Task<Vec<u8>>>, StoreError> {
+    async fn fetch_next(
+        &mut self,
+        worker: &WorkerContext,
+    ) -> Result<Vec<Task<Vec<u8>>>, StoreError> {
         let Some(client) = self.blocking.clone() else {
             return Ok(Vec::new());
         };
@@ -192,11 +215,18 @@ impl Persistence for StreamPersistence {
         tasks: Vec<Task<Vec<u8>>>,
         worker: &WorkerContext,
     ) -> Result<u64, StoreError> {
-        let ids: Vec<String> = tasks.iter().filter_map(|t| t.ctx().task_id().map(|id| id.to_string())).collect();
+        let ids: Vec<String> = tasks
+            .iter()
+            .filter_map(|t| t.ctx().task_id().map(|id| id.to_string()))
+            .collect();
         self.hand_back(ids, worker).await
     }
 
-    async fn handle_events(&mut self, events: Vec<TaskEvent<Vec<u8>>>, worker: &WorkerContext) -> Result<(), StoreError> {
+    async fn handle_events(
+        &mut self,
+        events: Vec<TaskEvent<Vec<u8>>>,
+        worker: &WorkerContext,
+    ) -> Result<(), StoreError> {
         let mut done = Vec::new();
         for event in events {
             if let TaskEvent::Complete(result) = event {
@@ -204,7 +234,9 @@ impl Persistence for StreamPersistence {
                     Ok(_) => done.push(result.task_id.to_string()),
                     // Left pending: the entry is delivered again once reclaimed, and the
                     // job's record tells the next worker where it stands.
-                    Err(e) => tracing::warn!(entry = %result.task_id, error = %e, "job handler failed: entry left pending"),
+                    Err(e) => {
+                        tracing::warn!(entry = %result.task_id, error = %e, "job handler failed: entry left pending")
+                    }
                 }
             }
         }
@@ -247,7 +279,11 @@ impl StreamPersistence {
             .handback
             .evalsha_with_reload(self.store.client(), vec![keys::QUEUE_STREAM], args)
             .await?;
-        tracing::info!(worker = worker.name(), entries = n, "handed queue entries back");
+        tracing::info!(
+            worker = worker.name(),
+            entries = n,
+            "handed queue entries back"
+        );
         Ok(n)
     }
 }
@@ -273,7 +309,9 @@ impl<Args> Clone for JobQueue<Args> {
 
 impl<Args> std::fmt::Debug for JobQueue<Args> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobQueue").field("worker", &self.persist.config.worker_name).finish()
+        f.debug_struct("JobQueue")
+            .field("worker", &self.persist.config.worker_name)
+            .finish()
     }
 }
 
@@ -308,7 +346,11 @@ impl<Args> Backend for JobQueue<Args> {
     type Task = Task<Vec<u8>>;
     type Error = StoreError;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), StoreError>> {
         let heartbeat = self.persist.config.heartbeat;
         self.persist.poll_ready(cx, worker, heartbeat)
     }
@@ -327,7 +369,11 @@ impl<Args> Backend for JobQueue<Args> {
         polled
     }
 
-    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), StoreError>> {
         if self.cleanup.is_none() {
             // Finish a read in flight so the entries it takes are handed back, not stranded.
             if let State::Fetch(fetch) = self.persist.state_mut() {
@@ -371,7 +417,9 @@ impl<Args> BackendConfig for JobQueue<Args> {
     fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
         let batch = self.persist.config.batch;
         // Results are "persisted" as acknowledgements: a finished job's entry is acked and deleted.
-        self.persist.layer(MsgPackCodec, batch).persist_results(true)
+        self.persist
+            .layer(MsgPackCodec, batch)
+            .persist_results(true)
     }
 }
 

@@ -23,26 +23,33 @@ const STATUS_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 pub(crate) enum JobError {
     #[error("redis: {0}")]
     Store(#[from] cellport_store::StoreError),
-    #[error("job {0} kept changing under concurrent writers")]
-    Contended(JobId),
+    #[error("updating the job record: {0}")]
+    Update(String),
+    #[error("handing the job back to the queue: {0}")]
+    Requeue(String),
 }
 
-impl<E> From<UpdateError<E>> for JobError {
+impl<E: std::fmt::Display> From<UpdateError<E>> for JobError {
     fn from(e: UpdateError<E>) -> JobError {
         match e {
             UpdateError::Store(e) => JobError::Store(e),
-            // Not found and rejected are outcomes, handled where they occur.
-            UpdateError::NotFound | UpdateError::Rejected(_) | UpdateError::Contended => JobError::Contended(JobId::default()),
+            other => JobError::Update(other.to_string()),
         }
     }
 }
 
-fn selected_images(images: Vec<ImageRecord>, selection: Option<&Vec<cellport_core::ImageId>>) -> Vec<ImageRecord> {
+fn selected_images(
+    images: Vec<ImageRecord>,
+    selection: Option<&Vec<cellport_core::ImageId>>,
+) -> Vec<ImageRecord> {
     match selection {
         None => images,
         Some(ids) => {
             let wanted: HashSet<_> = ids.iter().collect();
-            images.into_iter().filter(|i| wanted.contains(&i.id)).collect()
+            images
+                .into_iter()
+                .filter(|i| wanted.contains(&i.id))
+                .collect()
         }
     }
 }
@@ -60,7 +67,14 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
     let project_id = record.job.project_id.clone();
     let project = match state.source.project(&project_id).await {
         Ok(Some(p)) => p,
-        Ok(None) => return fail(state, record, format!("project {project_id} no longer exists")).await,
+        Ok(None) => {
+            return fail(
+                state,
+                record,
+                format!("project {project_id} no longer exists"),
+            )
+            .await;
+        }
         Err(e) => return fail(state, record, e.to_string()).await,
     };
     let images = match state.source.images(&project_id).await {
@@ -81,7 +95,9 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
     let started = state
         .store
         .update_job(job_id, Some(record), |r| {
-            r.job.start(initial.tasks.clone(), initial.items_total, now).map(Some)
+            r.job
+                .start(initial.tasks.clone(), initial.items_total, now)
+                .map(Some)
         })
         .await;
     let record = match started {
@@ -93,12 +109,22 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
         Err(UpdateError::NotFound) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    tracing::info!(images = images.len(), attempt = record.job.attempts, "export started");
+    tracing::info!(
+        images = images.len(),
+        attempt = record.job.attempts,
+        "export started"
+    );
 
     let cancel = state.shutdown.child_token();
     let watcher = tokio::spawn(watch_status(state.store.clone(), job_id, cancel.clone()));
     let (tx, rx) = mpsc::unbounded_channel();
-    let publisher = tokio::spawn(publish_progress(state.store.clone(), job_id, record, rx, cancel.clone()));
+    let publisher = tokio::spawn(publish_progress(
+        state.store.clone(),
+        job_id,
+        record,
+        rx,
+        cancel.clone(),
+    ));
 
     let outcome = async {
         let mut writer = state.storage.create_archive(job_id).await?;
@@ -120,13 +146,11 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
 
     match outcome {
         Ok((writer, summary)) => {
-            let file_size = writer.commit().await.map_err(|e| cellport_store::StoreError::Corrupt {
-                key: job_id.to_string(),
-                message: format!("archive could not be finished: {e}"),
-            });
-            let file_size = match file_size {
+            let file_size = match writer.commit().await {
                 Ok(size) => size,
-                Err(e) => return fail(state, record, e.to_string()).await,
+                Err(e) => {
+                    return fail(state, record, format!("archive could not be finished: {e}")).await;
+                }
             };
             let now = OffsetDateTime::now_utc();
             let expires_at = now + state.archive_ttl;
@@ -135,12 +159,18 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
                 .store
                 .update_job(job_id, Some(record), |r| {
                     r.job.warnings.extend(summary.warnings.iter().cloned());
-                    r.job.complete(file_size, url.clone(), expires_at, now).map(Some)
+                    r.job
+                        .complete(file_size, url.clone(), expires_at, now)
+                        .map(Some)
                 })
                 .await;
             match completed {
                 Ok(_) => {
-                    tracing::info!(bytes = file_size, entries = summary.entries.len(), "export completed");
+                    tracing::info!(
+                        bytes = file_size,
+                        entries = summary.entries.len(),
+                        "export completed"
+                    );
                     Ok(())
                 }
                 Err(UpdateError::Rejected(_) | UpdateError::NotFound) => {
@@ -152,7 +182,9 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
                 Err(e) => Err(e.into()),
             }
         }
-        Err(ExportError::Cancelled) if state.shutdown.is_cancelled() => hand_back(state, record).await,
+        Err(ExportError::Cancelled) if state.shutdown.is_cancelled() => {
+            hand_back(state, record).await
+        }
         Err(ExportError::Cancelled) => {
             tracing::info!("export stopped: job cancelled");
             Ok(())
@@ -184,7 +216,9 @@ async fn fail(state: &WorkerState, record: JobRecord, message: String) -> Result
     let now = OffsetDateTime::now_utc();
     match state
         .store
-        .update_job(job_id, Some(record), |r| r.job.fail(message.clone(), now).map(Some))
+        .update_job(job_id, Some(record), |r| {
+            r.job.fail(message.clone(), now).map(Some)
+        })
         .await
     {
         Ok(_) | Err(UpdateError::Rejected(_) | UpdateError::NotFound) => Ok(()),
@@ -210,10 +244,7 @@ async fn hand_back(state: &WorkerState, record: JobRecord) -> Result<(), JobErro
             producer
                 .push(ExportRequest { job_id })
                 .await
-                .map_err(|e| cellport_store::StoreError::Corrupt {
-                    key: job_id.to_string(),
-                    message: format!("re-enqueue failed: {e}"),
-                })?;
+                .map_err(|e| JobError::Requeue(e.to_string()))?;
             tracing::info!("worker shutting down: job handed back");
             Ok(())
         }

@@ -69,11 +69,16 @@ async fn connect_with_retry(url: &str, shutdown: &CancellationToken) -> anyhow::
 }
 
 async fn handle(request: ExportRequest, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
-    job::run_export(&state, request.job_id).await.map_err(Into::into)
+    job::run_export(&state, request.job_id)
+        .await
+        .map_err(Into::into)
 }
 
 /// Runs the worker until `shutdown` resolves; in-flight jobs are then stopped and handed back.
-pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let name = config.name.clone().unwrap_or_else(default_worker_name);
     let stop = CancellationToken::new();
     let stop_on_signal = stop.clone();
@@ -82,7 +87,8 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
         stop_on_signal.cancel();
     });
     let store = connect_with_retry(&config.redis_url, &stop).await?;
-    let queue = JobQueue::<ExportRequest>::consumer(store.clone(), QueueConfig::new(name.clone())).await?;
+    let queue =
+        JobQueue::<ExportRequest>::consumer(store.clone(), QueueConfig::new(name.clone())).await?;
     let state = Arc::new(WorkerState {
         producer: JobQueue::producer(store.clone()),
         store,

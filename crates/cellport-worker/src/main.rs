@@ -3,14 +3,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
 use cellport_runtime::{LogFormat, init_tracing, parse_duration, shutdown_signal};
 use cellport_worker::{WorkerConfig, run};
+use clap::Parser;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Cellport export worker")]
 struct Args {
-    #[arg(long, env = "CELLPORT_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "CELLPORT_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis_url: String,
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,

@@ -51,7 +51,9 @@ pub(crate) async fn publish_progress(
                 continue;
             }
         };
-        let Some((snapshot, boundary)) = report else { break };
+        let Some((snapshot, boundary)) = report else {
+            break;
+        };
         if boundary || Instant::now() >= deadline {
             pending = None;
             if !send(&store, job_id, &mut record, &snapshot, &cancel).await {
@@ -78,7 +80,9 @@ async fn send(
 ) -> bool {
     let now = OffsetDateTime::now_utc();
     match store
-        .update_job(job_id, Some(record.clone()), |r| r.job.advance(snapshot, now).map(Some))
+        .update_job(job_id, Some(record.clone()), |r| {
+            r.job.advance(snapshot, now).map(Some)
+        })
         .await
     {
         Ok((committed, _)) => {

@@ -1,0 +1,185 @@
+//! Bad input gets a clear error and changes nothing.
+
+use std::time::Duration;
+
+use cellport_pipeline::synthetic::SyntheticSpec;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Stack, StackOptions};
+
+fn small() -> SyntheticSpec {
+    SyntheticSpec {
+        images: 2,
+        width: 64,
+        height: 64,
+        cells_per_image: 2,
+        ..SyntheticSpec::default()
+    }
+}
+
+async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let body: Value = response.json().await.expect("errors are JSON");
+    (status, body["error"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
+    // No worker: every accepted job stays pending, so states can be checked at leisure.
+    let stack = Stack::start(StackOptions { worker: false }).await?;
+    let (project, _) = stack.import_synthetic("alice", small()).await?;
+    let (bobs, _) = stack
+        .import_synthetic("bob", SyntheticSpec { seed: 7, ..small() })
+        .await?;
+    let export_url = stack.url(&format!("/api/projects/{}/export", project.id));
+    let alice = stack.token("alice");
+    let post = |body: &'static str| {
+        stack
+            .http
+            .post(&export_url)
+            .bearer_auth(&alice)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let (status, error) = error_of(post("{not json").await?).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("malformed_json"))
+    );
+
+    let cases = [
+        (
+            r#"{"visualizationOptions": {"strokeWidth": 11}}"#,
+            "visualizationOptions.strokeWidth",
+        ),
+        (
+            r#"{"options": {"annotationFormats": ["voc"]}}"#,
+            "annotationFormats",
+        ),
+        (
+            r#"{"includeVisualizations": "yes"}"#,
+            "includeVisualizations",
+        ),
+        (r#"{"surprise": true}"#, "surprise"),
+        (
+            r#"{"selectedImageIds": ["no-such-image"]}"#,
+            "selectedImageIds",
+        ),
+        (r#"{"pixelToMicrometerScale": 0}"#, "pixelToMicrometerScale"),
+    ];
+    for (body, field) in cases {
+        let (status, error) = error_of(post(body).await?).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(error["field"], field, "{body}");
+        assert!(
+            error["message"].as_str().unwrap().contains(field),
+            "{body}: {error}"
+        );
+    }
+
+    let no_token = stack.http.post(&export_url).json(&json!({})).send().await?;
+    assert_eq!(error_of(no_token).await.0, StatusCode::UNAUTHORIZED);
+    let bad_token = stack
+        .http
+        .post(&export_url)
+        .bearer_auth("x.y.z")
+        .json(&json!({}))
+        .send()
+        .await?;
+    assert_eq!(error_of(bad_token).await.1["code"], "invalid_token");
+    let forged = cellport_api::JwtKeys::new("another-secret")?.mint(
+        &"alice".parse()?,
+        false,
+        Duration::from_secs(60),
+    );
+    let forged = stack
+        .http
+        .post(&export_url)
+        .bearer_auth(forged)
+        .json(&json!({}))
+        .send()
+        .await?;
+    assert_eq!(error_of(forged).await.0, StatusCode::UNAUTHORIZED);
+
+    // Bob's project and a missing one look the same to Alice.
+    for other in [bobs.id.as_str(), "no-such-project"] {
+        let response = stack
+            .http
+            .post(stack.url(&format!("/api/projects/{other}/export")))
+            .bearer_auth(&alice)
+            .json(&json!({}))
+            .send()
+            .await?;
+        let (status, error) = error_of(response).await;
+        assert_eq!(
+            (status, error["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+    }
+
+    // WebSocket upgrades without a valid token are refused before the upgrade.
+    let ws = stack
+        .http
+        .get(format!("http://{}/ws", stack.gateway))
+        .send()
+        .await?;
+    assert_eq!(ws.status(), StatusCode::UNAUTHORIZED);
+    assert!(stack.ws("alice").await.is_ok());
+
+    // A pending job: download is 409, cancel is idempotent, then download is 410.
+    let accepted: Value = post("{}").await?.json().await?;
+    let job = accepted["jobId"].as_str().unwrap();
+    let job_url =
+        |tail: &str| stack.url(&format!("/api/projects/{}/export/{job}/{tail}", project.id));
+    let download = stack
+        .http
+        .get(job_url("download"))
+        .bearer_auth(&alice)
+        .send()
+        .await?;
+    assert_eq!(error_of(download).await.1["code"], "not_ready");
+    let bob = stack.token("bob");
+    let peek = stack
+        .http
+        .get(job_url("status"))
+        .bearer_auth(&bob)
+        .send()
+        .await?;
+    assert_eq!(
+        peek.status(),
+        StatusCode::NOT_FOUND,
+        "bob may not see alice's job"
+    );
+    for _ in 0..2 {
+        let cancelled: Value = stack
+            .http
+            .post(job_url("cancel"))
+            .bearer_auth(&alice)
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(cancelled["status"], "cancelled");
+    }
+    let download = stack
+        .http
+        .get(job_url("download"))
+        .bearer_auth(&alice)
+        .send()
+        .await?;
+    assert_eq!(error_of(download).await.0, StatusCode::GONE);
+    let unknown = stack
+        .http
+        .get(stack.url(&format!(
+            "/api/projects/{}/export/0190a0f4-0000-7000-8000-000000000000/status",
+            project.id
+        )))
+        .bearer_auth(&alice)
+        .send()
+        .await?;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    Ok(())
+}

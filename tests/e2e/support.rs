@@ -1,0 +1,179 @@
+//! A whole Cellport stack for one test: private Redis, data dir, api, gateway and (optionally) a worker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use cellport_api::{ApiConfig, JwtKeys};
+use cellport_core::{Project, UserId};
+use cellport_gateway::GatewayConfig;
+use cellport_pipeline::FileProjectStore;
+use cellport_pipeline::import::{ImportRequest, import_project};
+use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
+use cellport_testkit::{RedisOptions, RedisServer, local_listener, wait_until};
+use cellport_worker::WorkerConfig;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret";
+
+pub struct StackOptions {
+    pub worker: bool,
+}
+
+pub struct Stack {
+    /// Kept alive for the stack's lifetime.
+    _redis: RedisServer,
+    pub data: tempfile::TempDir,
+    pub api: SocketAddr,
+    pub gateway: SocketAddr,
+    pub http: reqwest::Client,
+    keys: JwtKeys,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> anyhow::Result<Stack> {
+        let redis = RedisServer::start(RedisOptions::default()).await?;
+        let data = tempfile::tempdir()?;
+        let shutdown = CancellationToken::new();
+
+        let api_listener = local_listener().await?;
+        let api = api_listener.local_addr()?;
+        let gateway_listener = local_listener().await?;
+        let gateway = gateway_listener.local_addr()?;
+        let api_config = ApiConfig {
+            redis_url: redis.url(),
+            data_dir: data.path().to_owned(),
+            jwt_secret: SECRET.to_owned(),
+            events_url: format!("ws://{gateway}/ws"),
+        };
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            cellport_api::run(api_listener, api_config, stop.cancelled_owned()).await
+        });
+        let gateway_config = GatewayConfig {
+            redis_url: redis.url(),
+            jwt_secret: SECRET.to_owned(),
+        };
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            cellport_gateway::run(gateway_listener, gateway_config, stop.cancelled_owned()).await
+        });
+        if options.worker {
+            let worker_config = WorkerConfig {
+                redis_url: redis.url(),
+                data_dir: data.path().to_owned(),
+                concurrency: 2,
+                archive_ttl: Duration::from_secs(3600),
+                name: None,
+            };
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                cellport_worker::run(worker_config, stop.cancelled_owned()).await
+            });
+        }
+        let stack = Stack {
+            _redis: redis,
+            data,
+            api,
+            gateway,
+            http: reqwest::Client::new(),
+            keys: JwtKeys::new(SECRET)?,
+            shutdown,
+        };
+        let http = stack.http.clone();
+        let ready_url = stack.url("/readyz");
+        let ready = wait_until(Duration::from_secs(10), || {
+            let (http, url) = (http.clone(), ready_url.clone());
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        anyhow::ensure!(ready, "api did not become ready");
+        let gateway_up = wait_until(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(gateway).await.is_ok()
+        })
+        .await;
+        anyhow::ensure!(gateway_up, "gateway did not start");
+        Ok(stack)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.keys.mint(
+            &user.parse::<UserId>().unwrap(),
+            false,
+            Duration::from_secs(600),
+        )
+    }
+
+    /// Imports a synthetic project owned by `owner`; returns it and the directory of its source images.
+    pub async fn import_synthetic(
+        &self,
+        owner: &str,
+        spec: SyntheticSpec,
+    ) -> anyhow::Result<(Project, PathBuf)> {
+        let source_dir = self.data.path().join(format!("source-{}", spec.seed));
+        let coco = write_project(&source_dir, &spec)?;
+        let store = FileProjectStore::new(self.data.path());
+        let report = import_project(
+            &store,
+            ImportRequest {
+                owner: owner.parse()?,
+                name: "Synthetic cells".into(),
+                scale: None,
+                images_dir: source_dir.clone(),
+                coco_file: coco,
+            },
+        )
+        .await?;
+        Ok((report.project, source_dir))
+    }
+
+    pub async fn ws(&self, user: &str) -> anyhow::Result<WsClient> {
+        let url = format!("ws://{}/ws?token={}", self.gateway, self.token(user));
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .context("websocket connect")?;
+        Ok(WsClient { stream })
+    }
+}
+
+pub struct WsClient {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl WsClient {
+    /// The next JSON frame, or `None` when none arrives within `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??
+                .ok()?;
+            if let Message::Text(text) = message {
+                return serde_json::from_str(text.as_str()).ok();
+            }
+        }
+    }
+}
