@@ -127,6 +127,30 @@ impl FileProjectStore {
         Self::write_json(&dir.join("project.json"), project).await
     }
 
+    /// Every project in the store, oldest first.
+    pub async fn all_projects(&self) -> Result<Vec<Project>, SourceError> {
+        self.scan(|_| true).await
+    }
+
+    async fn scan(&self, keep: impl Fn(&Project) -> bool) -> Result<Vec<Project>, SourceError> {
+        let mut dirs = match tokio::fs::read_dir(&self.root).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&self.root)(e)),
+        };
+        let mut projects = Vec::new();
+        while let Some(entry) = dirs.next_entry().await.map_err(io_err(&self.root))? {
+            let path = entry.path().join("project.json");
+            if let Some(p) = Self::read_json::<Project>(&path).await?
+                && keep(&p)
+            {
+                projects.push(p);
+            }
+        }
+        projects.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(projects)
+    }
+
     /// Shares a project with another user; sharing twice is harmless.
     pub async fn share(&self, id: &ProjectId, with: UserId) -> Result<Project, SourceError> {
         let mut project = self
@@ -153,24 +177,7 @@ impl ProjectSource for FileProjectStore {
         &'a self,
         user: &'a UserId,
     ) -> BoxFuture<'a, Result<Vec<Project>, SourceError>> {
-        Box::pin(async move {
-            let mut dirs = match tokio::fs::read_dir(&self.root).await {
-                Ok(d) => d,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(io_err(&self.root)(e)),
-            };
-            let mut projects = Vec::new();
-            while let Some(entry) = dirs.next_entry().await.map_err(io_err(&self.root))? {
-                let path = entry.path().join("project.json");
-                if let Some(p) = Self::read_json::<Project>(&path).await?
-                    && p.is_visible_to(user)
-                {
-                    projects.push(p);
-                }
-            }
-            projects.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-            Ok(projects)
-        })
+        Box::pin(self.scan(move |p| p.is_visible_to(user)))
     }
 
     fn images<'a>(

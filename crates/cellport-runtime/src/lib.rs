@@ -1,4 +1,7 @@
-//! Process glue shared by Cellport's binaries: tracing setup and the shutdown signal.
+//! Process glue shared by Cellport's binaries: tracing setup, the shutdown signal, durations,
+//! and a private redis-server child for the embedded single-host setup.
+
+pub mod redis;
 
 use std::time::Duration;
 
@@ -12,8 +15,13 @@ pub enum LogFormat {
 
 /// Installs the global tracing subscriber; `RUST_LOG` filters (default `info`).
 pub fn init_tracing(format: LogFormat) {
+    init_tracing_with_default(format, "info");
+}
+
+/// Like [`init_tracing`], with another filter when `RUST_LOG` is unset (interactive tools log less).
+pub fn init_tracing_with_default(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -95,8 +95,8 @@ impl StreamPersistence {
     }
 
     async fn read(&self, client: &Client) -> Result<Vec<Task<Vec<u8>>>, StoreError> {
-        let reply: XReadResponse<String, String, String, Bytes> = client
-            .xreadgroup_map(
+        let reply: Value = client
+            .xreadgroup(
                 keys::QUEUE_GROUP,
                 self.config.worker_name.as_str(),
                 Some(self.config.batch as u64),
@@ -106,6 +106,11 @@ impl StreamPersistence {
                 ">",
             )
             .await?;
+        if reply.is_null() {
+            // The read timed out: nothing is waiting.
+            return Ok(Vec::new());
+        }
+        let reply: XReadResponse<String, String, String, Bytes> = reply.into_xread_response()?;
         let mut tasks = Vec::new();
         for (id, mut fields) in reply.into_values().flatten() {
             match fields.remove(ARGS_FIELD) {

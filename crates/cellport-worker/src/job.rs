@@ -149,7 +149,8 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
             let file_size = match writer.commit().await {
                 Ok(size) => size,
                 Err(e) => {
-                    return fail(state, record, format!("archive could not be finished: {e}")).await;
+                    return fail(state, record, format!("archive could not be finished: {e}"))
+                        .await;
                 }
             };
             let now = OffsetDateTime::now_utc();

@@ -1,1 +1,288 @@
-fn main() {}
+//! `cellportctl`: import projects, mint tokens, run the whole stack, follow an export.
+
+mod demo;
+mod follow;
+mod stack;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use cellport_api::JwtKeys;
+use cellport_core::{ProjectId, UserId};
+use cellport_pipeline::import::{ImportRequest, import_project};
+use cellport_pipeline::{FileProjectStore, ProjectSource};
+use cellport_runtime::{LogFormat, init_tracing_with_default, parse_duration, shutdown_signal};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::follow::{ApiClient, connect_events, follow, progress_bar};
+use crate::stack::{LocalStack, StackConfig};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Cellport command-line tool")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage projects in the built-in store.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Print a JWT for a user.
+    Token {
+        #[arg(long)]
+        user: UserId,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: String,
+    },
+    /// Run the api, a gateway and workers in this process (the single-host setup).
+    Serve(ServeArgs),
+    /// Start everything on this machine, export a sample project with a live progress bar, download it.
+    Demo(demo::DemoArgs),
+    /// Start an export through the API; follow it and download the archive.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectCommand {
+    /// Import a directory of images and a COCO file; prints the new project id.
+    Import {
+        #[arg(long)]
+        owner: UserId,
+        #[arg(long)]
+        name: String,
+        /// Micrometres per pixel.
+        #[arg(long)]
+        scale: Option<f64>,
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long)]
+        coco: PathBuf,
+        #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// List projects, optionally only those a user may see.
+    List {
+        #[arg(long)]
+        owner: Option<UserId>,
+        #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Share a project with another user.
+    Share {
+        project_id: ProjectId,
+        #[arg(long = "with")]
+        with: UserId,
+        #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[arg(
+        long,
+        env = "CELLPORT_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Generated (and printed) when not given.
+    #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    #[arg(long, env = "CELLPORT_API_ADDR", default_value = "127.0.0.1:8080")]
+    api_addr: SocketAddr,
+    #[arg(long, env = "CELLPORT_GATEWAY_ADDR", default_value = "127.0.0.1:8081")]
+    gateway_addr: SocketAddr,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    #[arg(long, env = "CELLPORT_WORKER_CONCURRENCY", default_value_t = 2)]
+    worker_concurrency: usize,
+    #[arg(long, env = "CELLPORT_ARCHIVE_TTL", default_value = "24h", value_parser = parse_duration)]
+    archive_ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    #[arg(long)]
+    project: String,
+    /// Export options as JSON (SPEC §4); defaults when omitted.
+    #[arg(long, default_value = "{}")]
+    options: String,
+    /// Follow the export's progress until it ends.
+    #[arg(long)]
+    watch: bool,
+    /// Download the archive here when it is ready (implies --watch).
+    #[arg(long)]
+    download: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "CELLPORT_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    api_url: String,
+    #[arg(long, env = "CELLPORT_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+/// A fresh random secret for a stack that was given none.
+pub(crate) fn generated_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo and export draw a progress bar: service logs would scribble over it.
+    let interactive = matches!(cli.command, Command::Demo(_) | Command::Export(_));
+    init_tracing_with_default(cli.log_format, if interactive { "warn" } else { "info" });
+    match cli.command {
+        Command::Project(cmd) => project(cmd).await,
+        Command::Token {
+            user,
+            admin,
+            ttl,
+            jwt_secret,
+        } => {
+            println!("{}", JwtKeys::new(&jwt_secret)?.mint(&user, admin, ttl));
+            Ok(())
+        }
+        Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Export(args) => export(args).await,
+    }
+}
+
+async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
+    match cmd {
+        ProjectCommand::Import {
+            owner,
+            name,
+            scale,
+            images,
+            coco,
+            data_dir,
+        } => {
+            let store = FileProjectStore::new(&data_dir);
+            let report = import_project(
+                &store,
+                ImportRequest {
+                    owner,
+                    name,
+                    scale,
+                    images_dir: images,
+                    coco_file: coco,
+                },
+            )
+            .await?;
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}", report.project.id);
+        }
+        ProjectCommand::List { owner, data_dir } => {
+            let store = FileProjectStore::new(&data_dir);
+            let projects = match &owner {
+                Some(user) => store.projects_visible_to(user).await?,
+                None => store.all_projects().await?,
+            };
+            for p in projects {
+                println!(
+                    "{}\t{}\t{}\t{} images",
+                    p.id, p.owner, p.name, p.image_count
+                );
+            }
+        }
+        ProjectCommand::Share {
+            project_id,
+            with,
+            data_dir,
+        } => {
+            let project = FileProjectStore::new(&data_dir)
+                .share(&project_id, with.clone())
+                .await?;
+            eprintln!(
+                "project {} ({}) is shared with {with}",
+                project.id, project.name
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let secret = match args.jwt_secret {
+        Some(s) => s,
+        None => {
+            let s = generated_secret();
+            eprintln!("no CELLPORT_JWT_SECRET given; this run uses: {s}");
+            s
+        }
+    };
+    let stack = LocalStack::start(StackConfig {
+        redis_url: args.redis_url,
+        redis_dir: Some(args.data_dir.join("redis")),
+        data_dir: args.data_dir,
+        jwt_secret: secret,
+        api_addr: args.api_addr,
+        gateway_addr: args.gateway_addr,
+        workers: args.workers,
+        worker_concurrency: args.worker_concurrency,
+        archive_ttl: args.archive_ttl,
+    })
+    .await?;
+    eprintln!(
+        "cellport serving: api http://{}  gateway ws://{}/ws  redis {}  (Ctrl-C stops)",
+        stack.api, stack.gateway, stack.redis_url
+    );
+    shutdown_signal().await;
+    stack.stop().await;
+    Ok(())
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let options: Value =
+        serde_json::from_str(&args.options).context("--options is not valid JSON")?;
+    let client = ApiClient::new(&args.api_url, args.token.clone());
+    let watch = args.watch || args.download.is_some();
+    if !watch {
+        let started = client.start_export(&args.project, &options).await?;
+        println!("{}", started.job_id);
+        return Ok(());
+    }
+    let started = client.start_export(&args.project, &options).await?;
+    let mut socket = connect_events(&started.events_url, &args.token).await?;
+    let bar = progress_bar();
+    let (event, data) = follow(&mut socket, &client, &started, &bar).await?;
+    if event != "export:completed" {
+        bar.abandon_with_message(format!("{event}: {}", data["error"].as_str().unwrap_or("")));
+        anyhow::bail!("export {} ended with {event}", started.job_id);
+    }
+    match args.download {
+        Some(path) => {
+            let url = data["downloadUrl"]
+                .as_str()
+                .context("completed event lacks downloadUrl")?;
+            let bytes = client.download(url, &path, &bar).await?;
+            bar.finish_with_message(format!("saved {} ({bytes} bytes)", path.display()));
+        }
+        None => bar.finish_with_message("archive ready"),
+    }
+    println!("{}", started.job_id);
+    Ok(())
+}

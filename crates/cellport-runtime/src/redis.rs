@@ -1,0 +1,177 @@
+//! A private `redis-server` child process: the embedded default of `cellportctl demo`/`serve`
+//! when no Redis answers, and every test's own Redis.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// Options for [`RedisServer::start`].
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Turn on the append-only file (`appendfsync everysec`), as production runs it.
+    pub aof: bool,
+    /// Where Redis keeps its files; a fresh temp dir when `None`.
+    pub dir: Option<PathBuf>,
+    /// The port; a free one when `None`.
+    pub port: Option<u16>,
+}
+
+enum DataDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl DataDir {
+    fn path(&self) -> &Path {
+        match self {
+            DataDir::Temp(t) => t.path(),
+            DataDir::Kept(p) => p,
+        }
+    }
+}
+
+/// A private redis-server, killed when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: DataDir,
+    options: RedisOptions,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The redis-server binary: `CELLPORT_REDIS_SERVER`, else `redis-server` on the PATH.
+pub fn redis_server_binary() -> PathBuf {
+    std::env::var_os("CELLPORT_REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+impl RedisServer {
+    pub async fn start(options: RedisOptions) -> anyhow::Result<RedisServer> {
+        // A free port can be taken between probing and binding: try a few.
+        let attempts = if options.port.is_some() { 1 } else { 5 };
+        let mut last_error = None;
+        for _ in 0..attempts {
+            let dir = match &options.dir {
+                Some(d) => {
+                    std::fs::create_dir_all(d)
+                        .with_context(|| format!("creating {}", d.display()))?;
+                    DataDir::Kept(d.clone())
+                }
+                None => DataDir::Temp(tempfile::tempdir()?),
+            };
+            let mut server = RedisServer {
+                child: None,
+                port: options.port.map_or_else(free_port, Ok)?,
+                dir,
+                options: options.clone(),
+            };
+            match server.spawn().await {
+                Ok(()) => return Ok(server),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("tried at least once"))
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let dir = self.dir.path().to_owned();
+        let mut cmd = Command::new(redis_server_binary());
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(&dir)
+            .args([
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+            ])
+            .arg("--logfile")
+            .arg(dir.join("redis.log"));
+        if self.options.aof {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (install it with: sudo apt-get install -y redis-server)",
+                    redis_server_binary().display()
+                )
+            })?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("redis-server exited with {status}: {}", last_log_line(&dir));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "redis-server on port {} did not start: {}",
+            self.port,
+            last_log_line(&dir)
+        )
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// SIGKILLs the server: nothing is flushed beyond what AOF already wrote.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Kills and starts the server again on the same port and data directory.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await?;
+        self.spawn().await
+    }
+}
+
+fn last_log_line(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("redis.log"))
+        .ok()
+        .and_then(|log| log.lines().last().map(str::to_owned))
+        .unwrap_or_default()
+}

@@ -1,0 +1,95 @@
+//! Job records: compare-and-set commits, final states, events on pub/sub.
+
+use std::time::Duration;
+
+use cellport_core::{CancelReason, ExportJob, ExportOptions, JobRecord, JobStatus};
+use cellport_store::events::decode_message;
+use cellport_store::{CommitError, EventSubscriber, Store, UpdateError};
+use cellport_testkit::{RedisOptions, RedisServer};
+use time::OffsetDateTime;
+
+fn new_record() -> JobRecord {
+    let job = ExportJob::new_pending(
+        "p1".parse().unwrap(),
+        "Project".into(),
+        "alice".parse().unwrap(),
+        ExportOptions::default(),
+        OffsetDateTime::now_utc(),
+    );
+    JobRecord {
+        job,
+        audience: vec!["alice".parse().unwrap(), "bob".parse().unwrap()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_writer_loses_and_a_final_job_stays_final() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let subscriber = EventSubscriber::connect(&redis.url()).await?;
+    let mut messages = subscriber.messages();
+    let record = new_record();
+    let id = record.job.id;
+    store.create_job(&record).await?;
+    assert!(
+        store.create_job(&record).await.is_err(),
+        "ids are never reused"
+    );
+
+    let now = OffsetDateTime::now_utc();
+    let mut worker_copy = store.load_job(id).await?.unwrap();
+    let mut started = worker_copy.job.start(vec![], 2, now)?;
+    assert_eq!(store.commit(&mut worker_copy, Some(&mut started)).await?, 1);
+    assert_eq!(started.common().seq, 1);
+
+    // Two writers read seq 1; the first to commit wins, the other must re-read.
+    let mut api_copy = store.load_job(id).await?.unwrap();
+    let mut stale = worker_copy.clone();
+    let mut cancelled = api_copy.job.cancel(CancelReason::UserCancelled, now)?;
+    store.commit(&mut api_copy, Some(&mut cancelled)).await?;
+    let mut completed = stale.job.complete(10, "/d".into(), now, now)?;
+    assert!(matches!(
+        store.commit(&mut stale, Some(&mut completed)).await,
+        Err(CommitError::Conflict)
+    ));
+    assert_eq!(
+        stale.job.seq, 1,
+        "a failed commit leaves the record's seq as it was"
+    );
+
+    // Re-deciding through the state machine refuses to complete a cancelled job.
+    let again = store
+        .update_job(id, None, |r| {
+            r.job.complete(10, "/d".into(), now, now).map(Some)
+        })
+        .await;
+    assert!(matches!(again, Err(UpdateError::Rejected(_))));
+    let stored = store.load_job(id).await?.unwrap();
+    assert_eq!(
+        (stored.job.status, stored.job.seq),
+        (JobStatus::Cancelled, 2)
+    );
+
+    // Even a writer that skips the state machine cannot move a cancelled job.
+    let mut forced = stored.clone();
+    forced.job.status = JobStatus::Completed;
+    assert!(matches!(
+        store.commit(&mut forced, None).await,
+        Err(CommitError::Final)
+    ));
+
+    let latest = store.latest_event(id).await?.unwrap();
+    assert_eq!((latest.seq, latest.terminal), (2, true));
+    assert_eq!(latest.event()?.name(), "export:cancelled");
+
+    let mut names = Vec::new();
+    while let Ok(Ok(message)) =
+        tokio::time::timeout(Duration::from_millis(300), messages.recv()).await
+    {
+        let envelope = decode_message(&message)?;
+        assert_eq!(envelope.audience.len(), 2);
+        names.push(envelope.event()?.name());
+    }
+    assert_eq!(names, ["export:started", "export:cancelled"]);
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! The stream-backed apalis queue: delivery, acknowledgement, idle reads.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apalis_core::backend::TaskSink;
+use apalis_core::error::BoxDynError;
+use apalis_core::task::data::Data;
+use apalis_core::worker::builder::WorkerBuilder;
+use apalis_core::worker::context::WorkerContext;
+use cellport_core::JobId;
+use cellport_store::{ExportRequest, JobQueue, QueueConfig, Store};
+use cellport_testkit::{RedisOptions, RedisServer, wait_until};
+
+type Seen = Arc<Mutex<Vec<JobId>>>;
+
+async fn record(request: ExportRequest, seen: Data<Seen>) -> Result<(), BoxDynError> {
+    seen.lock().unwrap().push(request.job_id);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_is_delivered_once_acknowledged_and_removed() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let seen: Seen = Arc::default();
+    let queue = JobQueue::<ExportRequest>::consumer(store.clone(), QueueConfig::new("w1")).await?;
+    let worker = WorkerBuilder::new("w1")
+        .backend(queue)
+        .data(seen.clone())
+        .build(record);
+    let handle = tokio::spawn(worker.run());
+
+    // Let the worker sit through a few empty (timed-out) reads before anything arrives.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut producer = JobQueue::<ExportRequest>::producer(store.clone());
+    let ids: Vec<JobId> = (0..50).map(|_| JobId::new()).collect();
+    for id in &ids {
+        producer.push(ExportRequest { job_id: *id }).await?;
+    }
+    let all_seen = wait_until(Duration::from_secs(20), || async {
+        seen.lock().unwrap().len() >= ids.len()
+    })
+    .await;
+    assert!(
+        all_seen,
+        "only {} of {} jobs were delivered",
+        seen.lock().unwrap().len(),
+        ids.len()
+    );
+    let drained = wait_until(Duration::from_secs(5), || async {
+        store.queue_depth().await.unwrap() == (0, 0)
+    })
+    .await;
+    assert!(
+        drained,
+        "queue depth after draining: {:?}",
+        store.queue_depth().await?
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), ids.len(), "no job is delivered twice");
+    assert_eq!(
+        seen.iter().collect::<HashSet<_>>(),
+        ids.iter().collect::<HashSet<_>>()
+    );
+    handle.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_depth_counts_waiting_and_in_flight() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    assert_eq!(
+        store.queue_depth().await?,
+        (0, 0),
+        "an empty queue, even before any worker made the group"
+    );
+    let mut producer = JobQueue::<ExportRequest>::producer(store.clone());
+    for _ in 0..3 {
+        producer
+            .push(ExportRequest {
+                job_id: JobId::new(),
+            })
+            .await?;
+    }
+    assert_eq!(store.queue_depth().await?, (3, 0));
+
+    // A worker that takes one job and holds it.
+    async fn hold(_: ExportRequest, _: WorkerContext) -> Result<(), BoxDynError> {
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+    let queue =
+        JobQueue::<ExportRequest>::consumer(store.clone(), QueueConfig::new("holder")).await?;
+    let worker = WorkerBuilder::new("holder").backend(queue).build(hold);
+    let handle = tokio::spawn(worker.run());
+    let one_taken = wait_until(Duration::from_secs(5), || async {
+        store.queue_depth().await.unwrap().1 >= 1
+    })
+    .await;
+    assert!(one_taken);
+    let (waiting, in_flight) = store.queue_depth().await?;
+    assert_eq!(waiting + in_flight, 3);
+    handle.abort();
+    Ok(())
+}
