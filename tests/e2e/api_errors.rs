@@ -27,7 +27,11 @@ async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
     // No worker: every accepted job stays pending, so states can be checked at leisure.
-    let stack = Stack::start(StackOptions { worker: false }).await?;
+    let stack = Stack::start(StackOptions {
+        worker: false,
+        max_active_per_user: 10,
+    })
+    .await?;
     let (project, _) = stack.import_synthetic("alice", small()).await?;
     let (bobs, _) = stack
         .import_synthetic("bob", SyntheticSpec { seed: 7, ..small() })

@@ -14,7 +14,7 @@ use crate::support::{Stack, StackOptions};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_streams_events_to_its_owner_only_and_downloads_a_complete_zip() -> anyhow::Result<()>
 {
-    let stack = Stack::start(StackOptions { worker: true }).await?;
+    let stack = Stack::start(StackOptions::default()).await?;
     let spec = SyntheticSpec {
         images: 4,
         width: 300,

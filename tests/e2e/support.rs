@@ -22,6 +22,16 @@ pub const SECRET: &str = "test-secret";
 
 pub struct StackOptions {
     pub worker: bool,
+    pub max_active_per_user: u64,
+}
+
+impl Default for StackOptions {
+    fn default() -> StackOptions {
+        StackOptions {
+            worker: true,
+            max_active_per_user: 2,
+        }
+    }
 }
 
 pub struct Stack {
@@ -56,6 +66,7 @@ impl Stack {
             data_dir: data.path().to_owned(),
             jwt_secret: SECRET.to_owned(),
             events_url: format!("ws://{gateway}/ws"),
+            max_active_per_user: options.max_active_per_user,
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -70,13 +81,7 @@ impl Stack {
             cellport_gateway::run(gateway_listener, gateway_config, stop.cancelled_owned()).await
         });
         if options.worker {
-            let worker_config = WorkerConfig {
-                redis_url: redis.url(),
-                data_dir: data.path().to_owned(),
-                concurrency: 2,
-                archive_ttl: Duration::from_secs(3600),
-                name: None,
-            };
+            let worker_config = WorkerConfig::new(redis.url(), data.path());
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 cellport_worker::run(worker_config, stop.cancelled_owned()).await

@@ -25,6 +25,8 @@ pub struct ApiConfig {
     pub jwt_secret: String,
     /// Where clients open the event WebSocket, returned as `eventsUrl`.
     pub events_url: String,
+    /// Exports one user may have pending or processing at once (429 past it).
+    pub max_active_per_user: u64,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -36,6 +38,7 @@ pub struct AppState {
     pub queue: JobQueue<ExportRequest>,
     pub jwt: JwtKeys,
     pub events_url: String,
+    pub max_active_per_user: u64,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -54,6 +57,7 @@ impl AppState {
             storage: Storage::new(&config.data_dir),
             jwt: JwtKeys::new(&config.jwt_secret)?,
             events_url: config.events_url.clone(),
+            max_active_per_user: config.max_active_per_user,
         })
     }
 }

@@ -29,6 +29,12 @@ struct Args {
         default_value = "ws://127.0.0.1:8081/ws"
     )]
     events_url: String,
+    #[arg(
+        long,
+        env = "CELLPORT_MAX_ACTIVE_EXPORTS_PER_USER",
+        default_value_t = 2
+    )]
+    max_active_exports_per_user: u64,
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
 }
@@ -43,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         jwt_secret: args.jwt_secret,
         events_url: args.events_url,
+        max_active_per_user: args.max_active_exports_per_user,
     };
     run(listener, config, shutdown_signal()).await
 }

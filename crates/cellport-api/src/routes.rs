@@ -6,12 +6,12 @@ use apalis_core::backend::TaskSink;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cellport_core::{
     CancelReason, ExportJob, ExportOptions, JobId, JobRecord, JobStatus, Project, ProjectId,
 };
-use cellport_store::{ExportRequest, UpdateError};
+use cellport_store::{CreateOutcome, ExportRequest, UpdateError};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio_util::io::ReaderStream;
@@ -19,6 +19,9 @@ use tokio_util::io::ReaderStream;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+
+/// What a 429 tells the client to wait before trying again.
+const RETRY_AFTER_SECS: u64 = 15;
 
 fn parse_project_id(raw: &str) -> Result<ProjectId, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found("project"))
@@ -78,12 +81,55 @@ fn options_from_body(body: &Bytes) -> Result<ExportOptions, ApiError> {
     ExportOptions::parse(raw).map_err(|e| ApiError::invalid_field(e.field, e.message))
 }
 
+/// The longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().map(str::trim).filter(|k| {
+        !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
+    });
+    key.map(|k| Some(k.to_owned())).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+            ),
+        )
+    })
+}
+
+fn accepted(
+    project_id: &ProjectId,
+    job_id: JobId,
+    status: JobStatus,
+    events_url: &str,
+) -> Response {
+    let status_url = format!("/api/projects/{project_id}/export/{job_id}/status");
+    let body = json!({
+        "jobId": job_id,
+        "status": status,
+        "statusUrl": status_url,
+        "eventsUrl": events_url,
+    });
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&status_url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
 pub(crate) async fn start_export(
     State(state): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
     let project_id = parse_project_id(&project)?;
     let project = visible_project(&state, &caller, &project_id).await?;
     let options = options_from_body(&body)?;
@@ -121,33 +167,60 @@ pub(crate) async fn start_export(
     let record = JobRecord {
         job,
         audience: project.audience(),
+        archive: None,
     };
-    state.store.create_job(&record).await?;
+    match state
+        .store
+        .create_job(
+            &record,
+            state.max_active_per_user,
+            idempotency_key.as_deref(),
+        )
+        .await?
+    {
+        CreateOutcome::Created => {}
+        CreateOutcome::Existing(existing) => {
+            let status = match state.store.load_job(existing).await? {
+                Some(r) if r.job.project_id == project_id => r.job.status,
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used for another export",
+                    ));
+                }
+            };
+            return Ok(accepted(&project_id, existing, status, &state.events_url));
+        }
+        CreateOutcome::Limited { active } => {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_exports",
+                format!("{active} exports are already running for you; wait for one to finish"),
+            );
+            error.retry_after = Some(RETRY_AFTER_SECS);
+            return Err(error);
+        }
+    }
     let mut queue = state.queue.clone();
     if let Err(e) = queue.push(ExportRequest { job_id }).await {
         // The record exists but no worker will ever see it: end it rather than leave it pending.
         let now = OffsetDateTime::now_utc();
         let _ = state
             .store
-            .update_job(job_id, Some(record), |r| {
+            .update_job(job_id, Some(record), None, |r| {
                 r.job.fail("could not be queued".into(), now).map(Some)
             })
             .await;
         return Err(ApiError::unavailable(e));
     }
     tracing::info!(job_id = %job_id, project_id = %project_id, user = %caller.user, "export queued");
-    let status_url = format!("/api/projects/{project_id}/export/{job_id}/status");
-    let body = json!({
-        "jobId": job_id,
-        "status": JobStatus::Pending,
-        "statusUrl": status_url,
-        "eventsUrl": state.events_url,
-    });
-    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&status_url) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(accepted(
+        &project_id,
+        job_id,
+        JobStatus::Pending,
+        &state.events_url,
+    ))
 }
 
 pub(crate) async fn export_status(
@@ -173,7 +246,7 @@ pub(crate) async fn cancel_export(
     let now = OffsetDateTime::now_utc();
     let cancelled = state
         .store
-        .update_job(job_id, Some(record), |r| {
+        .update_job(job_id, Some(record), None, |r| {
             if r.job.status == JobStatus::Cancelled {
                 return Ok(None);
             }
@@ -218,7 +291,7 @@ pub(crate) async fn download(
     Path((project, job)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let record = visible_job(&state, &caller, &project, &job).await?;
-    let job = record.job;
+    let (job, archive) = (record.job, record.archive);
     match job.status {
         JobStatus::Completed => {}
         JobStatus::Cancelled => {
@@ -253,7 +326,14 @@ pub(crate) async fn download(
             "archive has expired",
         ));
     }
-    let (file, len) = match state.storage.open_archive(job.id).await {
+    let Some(archive) = archive else {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "expired",
+            "archive is no longer available",
+        ));
+    };
+    let (file, len) = match state.storage.open_archive(&archive).await {
         Ok(found) => found,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::new(

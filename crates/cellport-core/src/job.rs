@@ -149,12 +149,15 @@ pub struct ExportJob {
     pub options: ExportOptions,
 }
 
-/// What Redis keeps of a job: the snapshot plus who may see it.
+/// What Redis keeps of a job: the snapshot plus what only the services need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub job: ExportJob,
     /// Users who receive this job's events: the project's owner and members when the job was created.
     pub audience: Vec<UserId>,
+    /// The finished archive's name in storage, once the job completed.
+    #[serde(default)]
+    pub archive: Option<String>,
 }
 
 fn ms_between(a: OffsetDateTime, b: OffsetDateTime) -> u64 {

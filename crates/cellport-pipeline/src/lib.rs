@@ -4,15 +4,20 @@
 //! * [`storage`]: where archives are written; all archive file access goes through it.
 //! * [`export`]: the pipeline itself: plan, stream the archive, report progress, honour cancellation.
 //! * [`names`]: archive entry names, sanitized and unique.
+//! * [`geometry`], [`metrics`], [`formats`], [`visualize`]: what the archive contains, as pure functions.
 //! * [`import`]: filling the built-in store from a directory of images and a COCO file.
 //! * [`synthetic`]: cell-like sample projects for the demo and benchmarks.
 
 pub mod export;
+pub mod formats;
+pub mod geometry;
 pub mod import;
+pub mod metrics;
 pub mod names;
 pub mod source;
 pub mod storage;
 pub mod synthetic;
+pub mod visualize;
 
 pub use export::{
     ExportError, ExportInput, ExportSummary, ProgressSink, export_archive, plan_tasks,

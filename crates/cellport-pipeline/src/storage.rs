@@ -1,8 +1,10 @@
 //! Storage for archives. Every archive file the services touch goes through [`Storage`],
 //! so object storage can be added beside the directory backend without touching callers.
 //!
-//! An archive is written as `archives/<job id>.zip.part` and renamed to `<job id>.zip`
-//! only when complete: a reader never sees half an archive under the final name.
+//! An archive is written as `archives/<job id>.<attempt>.zip.part` and renamed to
+//! `<job id>.<attempt>.zip` only when complete: a reader never sees half an archive under a
+//! final name, and two workers that both believe they own a job (one of them stale) never
+//! write the same file. The job record names the archive that counts.
 
 use std::io;
 use std::path::PathBuf;
@@ -21,19 +23,30 @@ pub struct Storage {
 #[derive(Debug)]
 pub struct ArchiveWriter {
     pub file: File,
+    name: String,
     part_path: PathBuf,
     final_path: PathBuf,
 }
 
+/// A finished archive: its name in storage (kept in the job record) and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedArchive {
+    pub name: String,
+    pub size: u64,
+}
+
 impl ArchiveWriter {
-    /// Flushes, syncs and publishes the archive under its final name; returns its size.
-    pub async fn commit(mut self) -> io::Result<u64> {
+    /// Flushes, syncs and publishes the archive under its final name.
+    pub async fn commit(mut self) -> io::Result<FinishedArchive> {
         self.file.flush().await?;
         self.file.sync_all().await?;
         let size = self.file.metadata().await?.len();
         drop(self.file);
         tokio::fs::rename(&self.part_path, &self.final_path).await?;
-        Ok(size)
+        Ok(FinishedArchive {
+            name: self.name,
+            size,
+        })
     }
 
     pub async fn abort(self) -> io::Result<()> {
@@ -56,32 +69,47 @@ impl Storage {
         }
     }
 
-    fn final_path(&self, job: JobId) -> PathBuf {
-        self.archives.join(format!("{job}.zip"))
+    /// Archive names are ours (`<uuid>.<n>.zip`); anything else is refused rather than joined.
+    fn archive_path(&self, name: &str) -> io::Result<PathBuf> {
+        let valid = name.ends_with(".zip")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !name.starts_with('.');
+        if valid {
+            Ok(self.archives.join(name))
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not an archive name: {name:?}"),
+            ))
+        }
     }
 
-    /// Starts a fresh archive for `job`, replacing any partial one an earlier attempt left.
-    pub async fn create_archive(&self, job: JobId) -> io::Result<ArchiveWriter> {
+    /// Starts a fresh archive for one attempt at `job`, replacing any partial one of that attempt.
+    pub async fn create_archive(&self, job: JobId, attempt: u64) -> io::Result<ArchiveWriter> {
         tokio::fs::create_dir_all(&self.archives).await?;
-        let part_path = self.archives.join(format!("{job}.zip.part"));
+        let name = format!("{job}.{attempt}.zip");
+        let final_path = self.archive_path(&name)?;
+        let part_path = self.archives.join(format!("{name}.part"));
         let file = File::create(&part_path).await?;
         Ok(ArchiveWriter {
             file,
+            name,
             part_path,
-            final_path: self.final_path(job),
+            final_path,
         })
     }
 
     /// Opens a finished archive: the file and its length. `NotFound` when there is none.
-    pub async fn open_archive(&self, job: JobId) -> io::Result<(File, u64)> {
-        let file = File::open(self.final_path(job)).await?;
+    pub async fn open_archive(&self, name: &str) -> io::Result<(File, u64)> {
+        let file = File::open(self.archive_path(name)?).await?;
         let len = file.metadata().await?.len();
         Ok((file, len))
     }
 
-    /// Removes the archive and any partial one.
-    pub async fn remove_archive(&self, job: JobId) -> io::Result<()> {
-        remove_if_present(&self.final_path(job)).await?;
-        remove_if_present(&self.archives.join(format!("{job}.zip.part"))).await
+    /// Removes a finished archive (absent is fine).
+    pub async fn remove_archive(&self, name: &str) -> io::Result<()> {
+        remove_if_present(&self.archive_path(name)?).await
     }
 }

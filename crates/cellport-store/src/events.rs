@@ -46,20 +46,31 @@ impl Envelope {
     }
 }
 
-/// A dedicated pub/sub connection to the events channel.
+/// A dedicated pub/sub connection to one channel.
 ///
-/// It reconnects with backoff and resubscribes after every reconnect; events published while it
-/// was away are not replayed here: clients recover them from the stored latest events.
+/// It reconnects with backoff and resubscribes after every reconnect; messages published while it
+/// was away are not replayed here: clients recover events from the stored latest events, and
+/// workers fall back to reading the job's status.
 pub struct EventSubscriber {
     client: SubscriberClient,
 }
 
 impl EventSubscriber {
+    /// Every job event ([`Envelope`]s; decode with [`decode_message`]).
     pub async fn connect(url: &str) -> Result<EventSubscriber, StoreError> {
+        Self::connect_to(url, keys::EVENTS_CHANNEL).await
+    }
+
+    /// The ids of cancelled jobs (decode with [`decode_cancellation`]).
+    pub async fn cancellations(url: &str) -> Result<EventSubscriber, StoreError> {
+        Self::connect_to(url, keys::CANCEL_CHANNEL).await
+    }
+
+    async fn connect_to(url: &str, channel: &'static str) -> Result<EventSubscriber, StoreError> {
         let subscriber = builder(url)?.build_subscriber_client()?;
         subscriber.init().await?;
         subscriber.manage_subscriptions();
-        subscriber.subscribe(keys::EVENTS_CHANNEL).await?;
+        subscriber.subscribe(channel).await?;
         Ok(EventSubscriber { client: subscriber })
     }
 
@@ -85,4 +96,9 @@ pub fn decode_message(message: &fred::types::Message) -> Result<Envelope, StoreE
         .as_bytes()
         .ok_or_else(|| StoreError::corrupt(keys::EVENTS_CHANNEL, "message is not a byte string"))?;
     Envelope::decode(bytes).map_err(|e| StoreError::corrupt(keys::EVENTS_CHANNEL, e))
+}
+
+/// Decodes a message of the cancellations channel: the cancelled job's id.
+pub fn decode_cancellation(message: &fred::types::Message) -> Option<JobId> {
+    message.value.as_str()?.parse().ok()
 }

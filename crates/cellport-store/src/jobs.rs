@@ -23,17 +23,62 @@ pub(crate) struct Scripts {
     pub(crate) create: Arc<Script>,
     pub(crate) ack: Arc<Script>,
     pub(crate) handback: Arc<Script>,
+    pub(crate) acquire: Arc<Script>,
+    pub(crate) renew: Arc<Script>,
+    pub(crate) checkpoint: Arc<Script>,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Scripts {
+        let script = |lua: &'static str| Arc::new(Script::from_lua(lua));
         Scripts {
-            commit: Arc::new(Script::from_lua(include_str!("lua/commit.lua"))),
-            create: Arc::new(Script::from_lua(include_str!("lua/create.lua"))),
-            ack: Arc::new(Script::from_lua(include_str!("lua/ack.lua"))),
-            handback: Arc::new(Script::from_lua(include_str!("lua/handback.lua"))),
+            commit: script(include_str!("lua/commit.lua")),
+            create: script(include_str!("lua/create.lua")),
+            ack: script(include_str!("lua/ack.lua")),
+            handback: script(include_str!("lua/handback.lua")),
+            acquire: script(include_str!("lua/acquire.lua")),
+            renew: script(include_str!("lua/renew.lua")),
+            checkpoint: script(include_str!("lua/checkpoint.lua")),
         }
     }
+}
+
+/// How a job creation went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// The idempotency key was used before: this is the job it created.
+    Existing(JobId),
+    /// The user already has this many active exports, the limit.
+    Limited {
+        active: u64,
+    },
+}
+
+/// A worker's hold on a running job. Every write the worker makes carries the fence;
+/// Redis refuses it once another worker has taken the job over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub fence: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("job not found")]
+    NotFound,
+    #[error("another worker holds the job's lease")]
+    Held,
+    #[error("job has ended")]
+    Ended,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How long idempotency keys are remembered.
+const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
+
+fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc() - OffsetDateTime::UNIX_EPOCH).whole_milliseconds() as i64
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +89,8 @@ pub enum CommitError {
     Conflict,
     #[error("job is in a final state")]
     Final,
+    #[error("the writer's lease on the job is gone")]
+    LeaseLost,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -62,6 +109,8 @@ pub enum UpdateError<E> {
     Rejected(E),
     #[error("job kept changing under concurrent writers")]
     Contended,
+    #[error("the writer's lease on the job is gone")]
+    LeaseLost,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -74,32 +123,154 @@ fn encode<T: serde::Serialize>(value: &T) -> Bytes {
 }
 
 impl Store {
-    /// Stores a new job (seq 0) and files it in its project's history.
-    pub async fn create_job(&self, record: &JobRecord) -> Result<(), StoreError> {
+    /// Stores a new job (seq 0), files it in its project's history and its owner's active set.
+    ///
+    /// With an idempotency key, a repeated key returns the job it created first. A user with
+    /// `limit` active exports gets [`CreateOutcome::Limited`] and nothing is stored.
+    pub async fn create_job(
+        &self,
+        record: &JobRecord,
+        limit: u64,
+        idempotency_key: Option<&str>,
+    ) -> Result<CreateOutcome, StoreError> {
         let job = &record.job;
         let score = (job.created_at - OffsetDateTime::UNIX_EPOCH).whole_milliseconds() as f64;
-        let created: i64 = self
+        let idem_key = idempotency_key.map(|k| keys::idempotency(&job.user_id, k));
+        let (code, value): (i64, String) = self
             .scripts
             .create
             .evalsha_with_reload(
                 self.client(),
-                vec![keys::job(job.id), keys::project_jobs(&job.project_id)],
+                vec![
+                    keys::job(job.id),
+                    keys::project_jobs(&job.project_id),
+                    keys::user_active(&job.user_id),
+                    idem_key.clone().unwrap_or_else(|| keys::job(job.id)),
+                ],
                 vec![
                     Value::from(job.status.as_str()),
                     Value::Bytes(encode(record)),
                     Value::from(score),
                     Value::from(job.id.to_string()),
+                    Value::from(limit as i64),
+                    Value::from(if idem_key.is_some() { "1" } else { "0" }),
+                    Value::from(IDEMPOTENCY_TTL_SECS as i64),
                 ],
             )
             .await?;
-        if created == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::corrupt(
+        match code {
+            1 => Ok(CreateOutcome::Created),
+            2 => value
+                .parse()
+                .map(CreateOutcome::Existing)
+                .map_err(|e| StoreError::corrupt(idem_key.unwrap_or_default(), e)),
+            3 => Ok(CreateOutcome::Limited {
+                active: value.parse().unwrap_or(limit),
+            }),
+            _ => Err(StoreError::corrupt(
                 keys::job(job.id),
                 "a job with this id exists already",
-            ))
+            )),
         }
+    }
+
+    /// Takes the lease of a job for `worker` for `ttl`, with a fresh fence.
+    pub async fn acquire_lease(
+        &self,
+        id: JobId,
+        worker: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Lease, LeaseError> {
+        let fence: i64 = self
+            .scripts
+            .acquire
+            .evalsha_with_reload(
+                self.client(),
+                vec![keys::job(id)],
+                vec![
+                    Value::from(worker),
+                    Value::from(now_ms()),
+                    Value::from(ttl.as_millis() as i64),
+                ],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        match fence {
+            -1 => Err(LeaseError::NotFound),
+            -2 => Err(LeaseError::Held),
+            -3 => Err(LeaseError::Ended),
+            f => Ok(Lease { fence: f as u64 }),
+        }
+    }
+
+    /// Extends the lease and refreshes the job's queue entry in `worker`'s pending list;
+    /// `false` when the lease is gone.
+    pub async fn renew_lease(
+        &self,
+        id: JobId,
+        lease: Lease,
+        ttl: std::time::Duration,
+        worker: &str,
+        entry: &str,
+    ) -> Result<bool, StoreError> {
+        let renewed: i64 = self
+            .scripts
+            .renew
+            .evalsha_with_reload(
+                self.client(),
+                vec![keys::job(id), keys::QUEUE_STREAM.to_owned()],
+                vec![
+                    Value::from(lease.fence as i64),
+                    Value::from(now_ms()),
+                    Value::from(ttl.as_millis() as i64),
+                    Value::from(keys::QUEUE_GROUP),
+                    Value::from(worker),
+                    Value::from(entry),
+                ],
+            )
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Records a finished item; `false` when the lease is gone (the item is then not recorded).
+    pub async fn checkpoint(
+        &self,
+        id: JobId,
+        lease: Lease,
+        item: &str,
+        value: &[u8],
+    ) -> Result<bool, StoreError> {
+        let recorded: i64 = self
+            .scripts
+            .checkpoint
+            .evalsha_with_reload(
+                self.client(),
+                vec![keys::job(id), keys::job_items(id)],
+                vec![
+                    Value::from(lease.fence as i64),
+                    Value::from(item),
+                    Value::Bytes(Bytes::copy_from_slice(value)),
+                ],
+            )
+            .await?;
+        Ok(recorded == 1)
+    }
+
+    /// Every checkpoint of a job: item → value.
+    pub async fn checkpoints(
+        &self,
+        id: JobId,
+    ) -> Result<std::collections::HashMap<String, Bytes>, StoreError> {
+        Ok(self.client().hgetall(keys::job_items(id)).await?)
+    }
+
+    /// Just the job's status (cheap: one field).
+    pub async fn job_status(
+        &self,
+        id: JobId,
+    ) -> Result<Option<cellport_core::JobStatus>, StoreError> {
+        let raw: Option<String> = self.client().hget(keys::job(id), "status").await?;
+        Ok(raw.and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok()))
     }
 
     /// The job's record with its current seq, or `None` when there is no such job.
@@ -126,11 +297,13 @@ impl Store {
 
     /// Writes `record` (and publishes `event`) if nobody wrote the job since `record.job.seq` was read.
     ///
-    /// On success the record's and the event's `seq` are the new seq.
+    /// On success the record's and the event's `seq` are the new seq. A worker passes its lease;
+    /// the write is refused once the lease is gone.
     pub async fn commit(
         &self,
         record: &mut JobRecord,
         event: Option<&mut ExportEvent>,
+        lease: Option<Lease>,
     ) -> Result<u64, CommitError> {
         let expected = record.job.seq;
         let seq = expected + 1;
@@ -144,13 +317,20 @@ impl Store {
             .commit
             .evalsha_with_reload(
                 self.client(),
-                vec![keys::job(record.job.id)],
+                vec![
+                    keys::job(record.job.id),
+                    keys::job_items(record.job.id),
+                    keys::user_active(&record.job.user_id),
+                ],
                 vec![
                     Value::from(expected as i64),
                     Value::from(record.job.status.as_str()),
                     Value::Bytes(encode(record)),
                     Value::Bytes(envelope.unwrap_or_default()),
                     Value::from(keys::EVENTS_CHANNEL),
+                    Value::from(lease.map(|l| l.fence.to_string()).unwrap_or_default()),
+                    Value::from(keys::CANCEL_CHANNEL),
+                    Value::from(record.job.id.to_string()),
                 ],
             )
             .await
@@ -159,6 +339,7 @@ impl Store {
             -1 => Err(CommitError::NotFound),
             -2 => Err(CommitError::Conflict),
             -3 => Err(CommitError::Final),
+            -4 => Err(CommitError::LeaseLost),
             n => Ok(n as u64),
         }
         .inspect_err(|_| record.job.seq = expected)
@@ -172,6 +353,7 @@ impl Store {
         &self,
         id: JobId,
         mut cached: Option<JobRecord>,
+        lease: Option<Lease>,
         mut change: impl FnMut(&mut JobRecord) -> Result<Option<ExportEvent>, E>,
     ) -> Result<(JobRecord, Option<ExportEvent>), UpdateError<E>> {
         for _ in 0..MAX_UPDATE_ATTEMPTS {
@@ -180,10 +362,11 @@ impl Store {
                 None => self.load_job(id).await?.ok_or(UpdateError::NotFound)?,
             };
             let mut event = change(&mut record).map_err(UpdateError::Rejected)?;
-            match self.commit(&mut record, event.as_mut()).await {
+            match self.commit(&mut record, event.as_mut(), lease).await {
                 Ok(_) => return Ok((record, event)),
                 Err(CommitError::Conflict | CommitError::Final) => continue,
                 Err(CommitError::NotFound) => return Err(UpdateError::NotFound),
+                Err(CommitError::LeaseLost) => return Err(UpdateError::LeaseLost),
                 Err(CommitError::Store(e)) => return Err(UpdateError::Store(e)),
             }
         }

@@ -1,6 +1,6 @@
 //! Redis key names. Only this crate knows them; everything else goes through [`crate::Store`].
 
-use cellport_core::{JobId, ProjectId};
+use cellport_core::{JobId, ProjectId, UserId};
 
 /// The stream that holds waiting and in-flight export jobs.
 pub(crate) const QUEUE_STREAM: &str = "cellport:queue";
@@ -10,6 +10,8 @@ pub(crate) const QUEUE_GROUP: &str = "workers";
 pub(crate) const WORKERS: &str = "cellport:workers";
 /// The pub/sub channel of every job event.
 pub const EVENTS_CHANNEL: &str = "cellport:events";
+/// The pub/sub channel on which a cancelled job's id is announced to the workers.
+pub const CANCEL_CHANNEL: &str = "cellport:cancellations";
 
 /// A job's record, seq, status and latest event.
 pub(crate) fn job(id: JobId) -> String {
@@ -19,4 +21,19 @@ pub(crate) fn job(id: JobId) -> String {
 /// A project's jobs by creation time: its export history.
 pub(crate) fn project_jobs(id: &ProjectId) -> String {
     format!("cellport:project:{id}:jobs")
+}
+
+/// A job's checkpoints: item key → what the finished item produced.
+pub(crate) fn job_items(id: JobId) -> String {
+    format!("cellport:job:{id}:items")
+}
+
+/// The jobs of a user that have not ended (for the per-user limit).
+pub(crate) fn user_active(user: &UserId) -> String {
+    format!("cellport:user:{user}:active")
+}
+
+/// A user's idempotency key → the job it created.
+pub(crate) fn idempotency(user: &UserId, key: &str) -> String {
+    format!("cellport:idem:{user}:{key}")
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use fred::prelude::*;
 
 pub use events::{Envelope, EventSubscriber};
-pub use jobs::{CommitError, UpdateError};
-pub use keys::EVENTS_CHANNEL;
+pub use jobs::{CommitError, CreateOutcome, Lease, LeaseError, UpdateError};
+pub use keys::{CANCEL_CHANNEL, EVENTS_CHANNEL};
 pub use queue::{ExportRequest, JobQueue, QueueConfig};
 
 #[derive(Debug, thiserror::Error)]

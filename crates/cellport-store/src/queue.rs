@@ -49,6 +49,11 @@ pub struct QueueConfig {
     pub heartbeat: Duration,
     /// Entries taken per read; the worker's concurrency limit decides how many run.
     pub batch: usize,
+    /// An entry nobody refreshed for this long belongs to a dead worker and is taken over.
+    /// Longer than a job lease, so the lease has surely expired by then.
+    pub reclaim_idle: Duration,
+    /// How often a worker looks for such entries.
+    pub reclaim_every: Duration,
 }
 
 impl QueueConfig {
@@ -58,6 +63,8 @@ impl QueueConfig {
             block: Duration::from_secs(1),
             heartbeat: Duration::from_secs(5),
             batch: 1,
+            reclaim_idle: Duration::from_secs(15),
+            reclaim_every: Duration::from_secs(2),
         }
     }
 }
@@ -75,6 +82,8 @@ pub struct StreamPersistence {
     /// Blocking reads get their own connection so they never delay other commands.
     blocking: Option<Client>,
     config: Arc<QueueConfig>,
+    /// When this worker last looked for abandoned entries (shared by the clones apalis makes).
+    last_reclaim: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 fn now_ms() -> i64 {
@@ -94,7 +103,81 @@ impl StreamPersistence {
         }
     }
 
+    fn reclaim_due(&self) -> bool {
+        let mut last = self.last_reclaim.lock().expect("reclaim clock");
+        let due = last.is_none_or(|t| t.elapsed() >= self.config.reclaim_every);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+
+    /// Takes over entries that sat unrefreshed in another worker's pending list for `reclaim_idle`.
+    async fn reclaim(&self) -> Result<Vec<Task<Vec<u8>>>, StoreError> {
+        let reply: Value = self
+            .store
+            .client()
+            .custom(
+                fred::types::CustomCommand::new_static(
+                    "XAUTOCLAIM",
+                    fred::types::ClusterHash::FirstKey,
+                    false,
+                ),
+                vec![
+                    Value::from(keys::QUEUE_STREAM),
+                    Value::from(keys::QUEUE_GROUP),
+                    Value::from(self.config.worker_name.as_str()),
+                    Value::from(self.config.reclaim_idle.as_millis() as i64),
+                    Value::from("0-0"),
+                    Value::from("COUNT"),
+                    Value::from(self.config.batch as i64),
+                ],
+            )
+            .await?;
+        let entries = reply
+            .into_array()
+            .into_iter()
+            .nth(1)
+            .map(Value::into_array)
+            .unwrap_or_default();
+        let mut tasks = Vec::new();
+        for entry in entries {
+            let mut parts = entry.into_array().into_iter();
+            let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(id) = id.as_string() else { continue };
+            let mut fields = fields.into_array().into_iter();
+            let mut args = None;
+            while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+                if k.as_str().as_deref() == Some(ARGS_FIELD) {
+                    args = v.as_bytes().map(<[u8]>::to_vec);
+                }
+            }
+            match args {
+                Some(args) => {
+                    tracing::info!(worker = %self.config.worker_name, entry = %id, "took over an abandoned job");
+                    tasks.push(
+                        TaskBuilder::new(args)
+                            .task_id(TaskId::from_string(id))
+                            .build(),
+                    );
+                }
+                None => {
+                    self.ack(vec![id]).await?;
+                }
+            }
+        }
+        Ok(tasks)
+    }
+
     async fn read(&self, client: &Client) -> Result<Vec<Task<Vec<u8>>>, StoreError> {
+        if self.reclaim_due() {
+            let reclaimed = self.reclaim().await?;
+            if !reclaimed.is_empty() {
+                return Ok(reclaimed);
+            }
+        }
         let reply: Value = client
             .xreadgroup(
                 keys::QUEUE_GROUP,
@@ -339,6 +422,7 @@ impl<Args> JobQueue<Args> {
                 store,
                 blocking,
                 config: Arc::new(config),
+                last_reclaim: Arc::default(),
             }),
             codec: MsgPackCodec,
             cleanup: None,

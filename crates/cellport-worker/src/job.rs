@@ -1,13 +1,19 @@
-//! One export job, start to finish: claim it, run the pipeline, publish the outcome.
+//! One export job, start to finish: take its lease, run the pipeline, publish the outcome.
+//!
+//! Every write for the job carries the lease's fence, so a worker that lost the job (paused
+//! past its lease, then woken) cannot write anything. Transient failures are retried with
+//! backoff up to [`MAX_ATTEMPTS`] starts of the job (a start after a crash counts too).
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use apalis_core::backend::TaskSink;
 use cellport_core::progress::ProgressTracker;
-use cellport_core::{ImageRecord, JobId, JobRecord, JobStatus, TransitionError};
+use cellport_core::{ImageRecord, JobId, JobRecord, JobStatus, Project, TransitionError};
 use cellport_pipeline::{ExportError, ExportInput, export_archive, plan_tasks};
-use cellport_store::{ExportRequest, UpdateError};
+use cellport_store::{ExportRequest, Lease, LeaseError, UpdateError};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -15,10 +21,12 @@ use tokio_util::sync::CancellationToken;
 use crate::WorkerState;
 use crate::progress::{ChannelSink, publish_progress};
 
-/// How often a running export checks its job's status as a fallback cancellation signal.
-const STATUS_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How many times a job is started before a transient failure fails it for good.
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
+/// How often a running export reads its job's status, in case a cancellation message was missed.
+const STATUS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Errors that leave the job's queue entry unacknowledged (the job record could not be written).
+/// Why a handler leaves its queue entry unacknowledged (so the job is delivered again).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JobError {
     #[error("redis: {0}")]
@@ -27,12 +35,17 @@ pub(crate) enum JobError {
     Update(String),
     #[error("handing the job back to the queue: {0}")]
     Requeue(String),
+    #[error("another worker holds the job's lease")]
+    LeaseHeld,
+    #[error("the job's lease was lost to another worker")]
+    LeaseLost,
 }
 
 impl<E: std::fmt::Display> From<UpdateError<E>> for JobError {
     fn from(e: UpdateError<E>) -> JobError {
         match e {
             UpdateError::Store(e) => JobError::Store(e),
+            UpdateError::LeaseLost => JobError::LeaseLost,
             other => JobError::Update(other.to_string()),
         }
     }
@@ -54,8 +67,30 @@ fn selected_images(
     }
 }
 
+/// What one running job needs besides the shared state.
+struct Running<'a> {
+    state: &'a WorkerState,
+    job_id: JobId,
+    lease: Lease,
+    cancel: CancellationToken,
+    lease_lost: Arc<AtomicBool>,
+}
+
+/// Why an attempt stopped.
+enum Stopped {
+    /// The job reached a terminal state or was handed back: acknowledge the entry.
+    Done,
+    /// A transient failure: retry after a pause if attempts remain.
+    Transient(JobError, String),
+}
+
 #[tracing::instrument(skip_all, fields(job_id = %job_id))]
-pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(), JobError> {
+pub(crate) async fn run_export(
+    state: &WorkerState,
+    job_id: JobId,
+    worker: &str,
+    entry: &str,
+) -> Result<(), JobError> {
     let Some(record) = state.store.load_job(job_id).await? else {
         tracing::warn!("queue entry for a job that does not exist: dropped");
         return Ok(());
@@ -64,26 +99,112 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
         tracing::info!(status = %record.job.status, "job already finished: nothing to do");
         return Ok(());
     }
+    let lease = match state
+        .store
+        .acquire_lease(job_id, worker, state.lease_ttl)
+        .await
+    {
+        Ok(lease) => lease,
+        Err(LeaseError::Held) => return Err(JobError::LeaseHeld),
+        Err(LeaseError::Ended | LeaseError::NotFound) => return Ok(()),
+        Err(LeaseError::Store(e)) => return Err(e.into()),
+    };
+    let cancel = state.shutdown.child_token();
+    let lease_lost = Arc::new(AtomicBool::new(false));
+    state
+        .running
+        .lock()
+        .expect("running jobs")
+        .insert(job_id, cancel.clone());
+    let renewer = tokio::spawn(renew_lease(
+        state.store.clone(),
+        job_id,
+        lease,
+        state.lease_ttl,
+        worker.to_owned(),
+        entry.to_owned(),
+        cancel.clone(),
+        lease_lost.clone(),
+    ));
+    let watcher = tokio::spawn(watch_status(state.store.clone(), job_id, cancel.clone()));
+    let running = Running {
+        state,
+        job_id,
+        lease,
+        cancel,
+        lease_lost,
+    };
+    let result = run_attempts(&running, record).await;
+    renewer.abort();
+    watcher.abort();
+    state.running.lock().expect("running jobs").remove(&job_id);
+    if running.lease_lost.load(Ordering::SeqCst) {
+        // Another worker has the job now: its entry must stay theirs, unacknowledged by us.
+        return Err(JobError::LeaseLost);
+    }
+    result
+}
+
+async fn run_attempts(run: &Running<'_>, mut record: JobRecord) -> Result<(), JobError> {
+    let state = run.state;
     let project_id = record.job.project_id.clone();
     let project = match state.source.project(&project_id).await {
         Ok(Some(p)) => p,
         Ok(None) => {
             return fail(
-                state,
+                run,
                 record,
                 format!("project {project_id} no longer exists"),
             )
             .await;
         }
-        Err(e) => return fail(state, record, e.to_string()).await,
+        Err(e) => return fail(run, record, e.to_string()).await,
     };
-    let images = match state.source.images(&project_id).await {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match attempt(run, &project, record).await? {
+            (_, Stopped::Done) => return Ok(()),
+            (latest, Stopped::Transient(error, message)) => {
+                if latest.job.attempts >= MAX_ATTEMPTS {
+                    let message = format!(
+                        "export failed after {} attempts: {message}",
+                        latest.job.attempts
+                    );
+                    return fail(run, latest, message).await;
+                }
+                tracing::warn!(error = %error, attempt = latest.job.attempts, "transient failure: retrying");
+                tokio::select! {
+                    _ = run.cancel.cancelled() => return stopped_by_cancel(run, latest).await,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff *= 2;
+                record = latest;
+            }
+        }
+    }
+}
+
+/// One start of the job: returns the latest record and how the attempt stopped.
+async fn attempt(
+    run: &Running<'_>,
+    project: &Project,
+    record: JobRecord,
+) -> Result<(JobRecord, Stopped), JobError> {
+    let state = run.state;
+    let job_id = run.job_id;
+    let images = match state.source.images(&project.id).await {
         Ok(images) => selected_images(images, record.job.options.selected_image_ids.as_ref()),
-        Err(e) => return fail(state, record, e.to_string()).await,
+        Err(e) => {
+            let message = e.to_string();
+            return Ok((
+                record,
+                Stopped::Transient(JobError::Update(message.clone()), message),
+            ));
+        }
     };
     let options = record.job.options.clone();
     let input = ExportInput {
-        project: &project,
+        project,
         images: &images,
         options: &options,
         source: state.source.as_ref(),
@@ -94,7 +215,7 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
     let now = OffsetDateTime::now_utc();
     let started = state
         .store
-        .update_job(job_id, Some(record), |r| {
+        .update_job(job_id, Some(record), Some(run.lease), |r| {
             r.job
                 .start(initial.tasks.clone(), initial.items_total, now)
                 .map(Some)
@@ -104,9 +225,11 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
         Ok((record, _)) => record,
         Err(UpdateError::Rejected(TransitionError { from, .. })) => {
             tracing::info!(status = %from, "job changed before it started: not processed");
-            return Ok(());
+            return Ok((latest_or_default(state, job_id).await?, Stopped::Done));
         }
-        Err(UpdateError::NotFound) => return Ok(()),
+        Err(UpdateError::NotFound) => {
+            return Ok((latest_or_default(state, job_id).await?, Stopped::Done));
+        }
         Err(e) => return Err(e.into()),
     };
     tracing::info!(
@@ -115,21 +238,23 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
         "export started"
     );
 
-    let cancel = state.shutdown.child_token();
-    let watcher = tokio::spawn(watch_status(state.store.clone(), job_id, cancel.clone()));
     let (tx, rx) = mpsc::unbounded_channel();
     let publisher = tokio::spawn(publish_progress(
         state.store.clone(),
         job_id,
+        run.lease,
         record,
         rx,
-        cancel.clone(),
+        run.cancel.clone(),
+        run.lease_lost.clone(),
     ));
-
     let outcome = async {
-        let mut writer = state.storage.create_archive(job_id).await?;
+        let mut writer = state
+            .storage
+            .create_archive(job_id, run.lease.fence)
+            .await?;
         let sink = ChannelSink(tx);
-        match export_archive(&input, &mut writer.file, &sink, &cancel).await {
+        match export_archive(&input, &mut writer.file, &sink, &run.cancel).await {
             Ok(summary) => Ok((writer, summary)),
             Err(e) => {
                 if let Err(abort) = writer.abort().await {
@@ -142,59 +267,132 @@ pub(crate) async fn run_export(state: &WorkerState, job_id: JobId) -> Result<(),
     .await;
     // The sink (and so the channel) is gone: the publisher sends the last report and ends.
     let record = publisher.await.expect("progress publisher does not panic");
-    watcher.abort();
 
     match outcome {
         Ok((writer, summary)) => {
-            let file_size = match writer.commit().await {
-                Ok(size) => size,
+            let archive = match writer.commit().await {
+                Ok(archive) => archive,
                 Err(e) => {
-                    return fail(state, record, format!("archive could not be finished: {e}"))
-                        .await;
+                    let message = format!("archive could not be finished: {e}");
+                    return Ok((
+                        record,
+                        Stopped::Transient(JobError::Update(message.clone()), message),
+                    ));
                 }
             };
             let now = OffsetDateTime::now_utc();
             let expires_at = now + state.archive_ttl;
-            let url = format!("/api/projects/{project_id}/export/{job_id}/download");
+            let url = format!("/api/projects/{}/export/{job_id}/download", project.id);
             let completed = state
                 .store
-                .update_job(job_id, Some(record), |r| {
+                .update_job(job_id, Some(record), Some(run.lease), |r| {
                     r.job.warnings.extend(summary.warnings.iter().cloned());
+                    r.archive = Some(archive.name.clone());
                     r.job
-                        .complete(file_size, url.clone(), expires_at, now)
+                        .complete(archive.size, url.clone(), expires_at, now)
                         .map(Some)
                 })
                 .await;
             match completed {
-                Ok(_) => {
+                Ok((record, _)) => {
                     tracing::info!(
-                        bytes = file_size,
+                        bytes = archive.size,
                         entries = summary.entries.len(),
                         "export completed"
                     );
-                    Ok(())
+                    Ok((record, Stopped::Done))
                 }
-                Err(UpdateError::Rejected(_) | UpdateError::NotFound) => {
-                    // Cancelled at the last moment: the cancellation stands, the archive goes.
-                    tracing::info!("job cancelled as it completed: archive removed");
-                    let _ = state.storage.remove_archive(job_id).await;
-                    Ok(())
+                Err(e) => {
+                    // Cancelled at the last moment, or the lease is gone: this archive does not count.
+                    let _ = state.storage.remove_archive(&archive.name).await;
+                    match e {
+                        UpdateError::Rejected(_) | UpdateError::NotFound => {
+                            tracing::info!("job ended elsewhere as it completed: archive removed");
+                            Ok((latest_or_default(state, job_id).await?, Stopped::Done))
+                        }
+                        other => Err(other.into()),
+                    }
                 }
-                Err(e) => Err(e.into()),
             }
         }
-        Err(ExportError::Cancelled) if state.shutdown.is_cancelled() => {
-            hand_back(state, record).await
-        }
         Err(ExportError::Cancelled) => {
-            tracing::info!("export stopped: job cancelled");
-            Ok(())
+            Ok((stopped_by_cancel_record(run, record).await?, Stopped::Done))
         }
-        Err(e) => fail(state, record, e.to_string()).await,
+        Err(
+            e @ (ExportError::Io(_)
+            | ExportError::Zip(_)
+            | ExportError::Source(_)
+            | ExportError::ReadImage { .. }),
+        ) => {
+            let message = e.to_string();
+            Ok((
+                record,
+                Stopped::Transient(JobError::Update(message.clone()), message),
+            ))
+        }
     }
 }
 
-/// Cancels the export when the job leaves `processing` behind someone else's back.
+async fn latest_or_default(state: &WorkerState, job_id: JobId) -> Result<JobRecord, JobError> {
+    state
+        .store
+        .load_job(job_id)
+        .await?
+        .ok_or_else(|| JobError::Update(format!("job {job_id} vanished")))
+}
+
+/// The export stopped on its cancellation token: shutdown hands the job back, a lost lease or a
+/// user's cancellation leave nothing more to do here.
+async fn stopped_by_cancel_record(
+    run: &Running<'_>,
+    record: JobRecord,
+) -> Result<JobRecord, JobError> {
+    if run.lease_lost.load(Ordering::SeqCst) {
+        return Err(JobError::LeaseLost);
+    }
+    if run.state.shutdown.is_cancelled() {
+        hand_back(run, record.clone()).await?;
+    } else {
+        tracing::info!("export stopped: job cancelled");
+    }
+    Ok(record)
+}
+
+async fn stopped_by_cancel(run: &Running<'_>, record: JobRecord) -> Result<(), JobError> {
+    stopped_by_cancel_record(run, record).await.map(|_| ())
+}
+
+/// Keeps the lease alive; on losing it, stops the export.
+#[allow(clippy::too_many_arguments)]
+async fn renew_lease(
+    store: cellport_store::Store,
+    job_id: JobId,
+    lease: Lease,
+    ttl: Duration,
+    worker: String,
+    entry: String,
+    cancel: CancellationToken,
+    lost: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match store.renew_lease(job_id, lease, ttl, &worker, &entry).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(job_id = %job_id, "lease lost: another worker took the job over");
+                lost.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
+            // A Redis blip: the lease outlives a few missed renewals.
+            Err(e) => tracing::warn!(job_id = %job_id, error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+/// Cancels the export when the job leaves `processing` and the cancellation message was missed.
 async fn watch_status(store: cellport_store::Store, job_id: JobId, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(STATUS_CHECK_INTERVAL);
     loop {
@@ -202,8 +400,8 @@ async fn watch_status(store: cellport_store::Store, job_id: JobId, cancel: Cance
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Ok(Some(record)) = store.load_job(job_id).await
-            && record.job.status != JobStatus::Processing
+        if let Ok(Some(status)) = store.job_status(job_id).await
+            && status.is_terminal()
         {
             cancel.cancel();
             return;
@@ -211,13 +409,13 @@ async fn watch_status(store: cellport_store::Store, job_id: JobId, cancel: Cance
     }
 }
 
-async fn fail(state: &WorkerState, record: JobRecord, message: String) -> Result<(), JobError> {
-    let job_id = record.job.id;
+async fn fail(run: &Running<'_>, record: JobRecord, message: String) -> Result<(), JobError> {
     tracing::warn!(error = %message, "export failed");
     let now = OffsetDateTime::now_utc();
-    match state
+    match run
+        .state
         .store
-        .update_job(job_id, Some(record), |r| {
+        .update_job(run.job_id, Some(record), Some(run.lease), |r| {
             r.job.fail(message.clone(), now).map(Some)
         })
         .await
@@ -228,11 +426,11 @@ async fn fail(state: &WorkerState, record: JobRecord, message: String) -> Result
 }
 
 /// Shutdown: the job goes back to `pending` and a fresh queue entry lets another worker take it now.
-async fn hand_back(state: &WorkerState, record: JobRecord) -> Result<(), JobError> {
-    let job_id = record.job.id;
-    let handed = state
+async fn hand_back(run: &Running<'_>, record: JobRecord) -> Result<(), JobError> {
+    let handed = run
+        .state
         .store
-        .update_job(job_id, Some(record), |r| {
+        .update_job(run.job_id, Some(record), Some(run.lease), |r| {
             r.job.status.transition(JobStatus::Pending)?;
             r.job.status = JobStatus::Pending;
             r.job.message = Some("handed back to the queue".to_owned());
@@ -241,9 +439,9 @@ async fn hand_back(state: &WorkerState, record: JobRecord) -> Result<(), JobErro
         .await;
     match handed {
         Ok(_) => {
-            let mut producer = state.producer.clone();
+            let mut producer = run.state.producer.clone();
             producer
-                .push(ExportRequest { job_id })
+                .push(ExportRequest { job_id: run.job_id })
                 .await
                 .map_err(|e| JobError::Requeue(e.to_string()))?;
             tracing::info!("worker shutting down: job handed back");

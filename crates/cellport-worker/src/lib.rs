@@ -6,18 +6,23 @@
 mod job;
 mod progress;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apalis::layers::WorkerBuilderExt;
 use apalis_core::error::BoxDynError;
 use apalis_core::monitor::Monitor;
 use apalis_core::task::data::Data;
+use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::builder::WorkerBuilder;
+use apalis_core::worker::context::WorkerContext;
+use cellport_core::JobId;
 use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
-use cellport_store::{ExportRequest, JobQueue, QueueConfig, Store};
+use cellport_store::events::decode_cancellation;
+use cellport_store::{EventSubscriber, ExportRequest, JobQueue, QueueConfig, Store};
 use tokio_util::sync::CancellationToken;
 
 /// A worker's configuration (flags and `CELLPORT_*` variables in the binary).
@@ -30,6 +35,26 @@ pub struct WorkerConfig {
     pub archive_ttl: Duration,
     /// Unique per process; generated from host and pid when `None`.
     pub name: Option<String>,
+    /// How long a job's lease lasts without renewal (renewed every third of it).
+    pub lease_ttl: Duration,
+    /// How long a job's queue entry may go unrefreshed before another worker takes it over
+    /// (longer than `lease_ttl`).
+    pub reclaim_after: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for everything but where Redis and the data are.
+    pub fn new(redis_url: impl Into<String>, data_dir: impl Into<PathBuf>) -> WorkerConfig {
+        WorkerConfig {
+            redis_url: redis_url.into(),
+            data_dir: data_dir.into(),
+            concurrency: 2,
+            archive_ttl: Duration::from_secs(24 * 3600),
+            name: None,
+            lease_ttl: Duration::from_secs(10),
+            reclaim_after: Duration::from_secs(15),
+        }
+    }
 }
 
 /// What every job handler of this process shares.
@@ -39,8 +64,11 @@ pub(crate) struct WorkerState {
     pub(crate) storage: Storage,
     pub(crate) producer: JobQueue<ExportRequest>,
     pub(crate) archive_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
     /// Cancelled when the process shuts down: running exports stop and hand their jobs back.
     pub(crate) shutdown: CancellationToken,
+    /// The jobs running here, to stop one the moment its cancellation is announced.
+    pub(crate) running: Mutex<HashMap<JobId, CancellationToken>>,
 }
 
 /// A worker name unique across the fleet: host, pid and a random suffix.
@@ -68,10 +96,39 @@ async fn connect_with_retry(url: &str, shutdown: &CancellationToken) -> anyhow::
     }
 }
 
-async fn handle(request: ExportRequest, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
-    job::run_export(&state, request.job_id)
+async fn handle(
+    request: ExportRequest,
+    state: Data<Arc<WorkerState>>,
+    entry: TaskId,
+    worker: WorkerContext,
+) -> Result<(), BoxDynError> {
+    job::run_export(&state, request.job_id, worker.name(), &entry.to_string())
         .await
         .map_err(Into::into)
+}
+
+/// Stops running exports as soon as their cancellation is announced on pub/sub.
+async fn listen_for_cancellations(subscriber: EventSubscriber, state: Arc<WorkerState>) {
+    let mut messages = subscriber.messages();
+    loop {
+        let message = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            m = messages.recv() => m,
+        };
+        match message {
+            Ok(message) => {
+                if let Some(job_id) = decode_cancellation(&message)
+                    && let Some(token) = state.running.lock().expect("running jobs").get(&job_id)
+                {
+                    tracing::info!(job_id = %job_id, "cancellation received");
+                    token.cancel();
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    subscriber.quit().await;
 }
 
 /// Runs the worker until `shutdown` resolves; in-flight jobs are then stopped and handed back.
@@ -87,16 +144,23 @@ pub async fn run(
         stop_on_signal.cancel();
     });
     let store = connect_with_retry(&config.redis_url, &stop).await?;
-    let queue =
-        JobQueue::<ExportRequest>::consumer(store.clone(), QueueConfig::new(name.clone())).await?;
+    let mut queue_config = QueueConfig::new(name.clone());
+    queue_config.reclaim_idle = config
+        .reclaim_after
+        .max(config.lease_ttl + Duration::from_secs(1));
+    let queue = JobQueue::<ExportRequest>::consumer(store.clone(), queue_config).await?;
+    let cancellations = EventSubscriber::cancellations(&config.redis_url).await?;
     let state = Arc::new(WorkerState {
         producer: JobQueue::producer(store.clone()),
         store,
         source: Arc::new(FileProjectStore::new(&config.data_dir)),
         storage: Storage::new(&config.data_dir),
         archive_ttl: config.archive_ttl,
+        lease_ttl: config.lease_ttl,
         shutdown: stop.clone(),
+        running: Mutex::default(),
     });
+    tokio::spawn(listen_for_cancellations(cancellations, state.clone()));
     tracing::info!(worker = %name, concurrency = config.concurrency, "worker started");
     let concurrency = config.concurrency.max(1);
     let monitor = Monitor::new()

@@ -25,6 +25,12 @@ struct Args {
     /// Worker name; must be unique in the fleet (default: host, pid and a random suffix).
     #[arg(long, env = "CELLPORT_WORKER_NAME")]
     name: Option<String>,
+    /// How long a job's lease lasts without renewal.
+    #[arg(long, env = "CELLPORT_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// How long a dead worker's job waits before another worker takes it over.
+    #[arg(long, env = "CELLPORT_RECLAIM_AFTER", default_value = "15s", value_parser = parse_duration)]
+    reclaim_after: Duration,
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
 }
@@ -34,11 +40,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
     let config = WorkerConfig {
-        redis_url: args.redis_url,
-        data_dir: args.data_dir,
         concurrency: args.concurrency,
         archive_ttl: args.archive_ttl,
         name: args.name,
+        lease_ttl: args.lease_ttl,
+        reclaim_after: args.reclaim_after,
+        ..WorkerConfig::new(args.redis_url, args.data_dir)
     };
     run(config, shutdown_signal()).await
 }

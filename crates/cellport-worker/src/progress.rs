@@ -5,12 +5,14 @@
 //! are always sent. A commit that the job's state machine refuses (the job was cancelled)
 //! cancels the export.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cellport_core::progress::ProgressSnapshot;
 use cellport_core::{JobId, JobRecord};
 use cellport_pipeline::ProgressSink;
-use cellport_store::{Store, UpdateError};
+use cellport_store::{Lease, Store, UpdateError};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,10 +34,19 @@ impl ProgressSink for ChannelSink {
 pub(crate) async fn publish_progress(
     store: Store,
     job_id: JobId,
+    lease: Lease,
     mut record: JobRecord,
     mut reports: mpsc::UnboundedReceiver<(ProgressSnapshot, bool)>,
     cancel: CancellationToken,
+    lease_lost: Arc<AtomicBool>,
 ) -> JobRecord {
+    let out = Out {
+        store: &store,
+        job_id,
+        lease,
+        cancel: &cancel,
+        lease_lost: &lease_lost,
+    };
     let mut pending: Option<ProgressSnapshot> = None;
     let mut last_sent = Instant::now() - MIN_INTERVAL;
     loop {
@@ -44,7 +55,7 @@ pub(crate) async fn publish_progress(
             r = reports.recv() => r,
             _ = tokio::time::sleep_until(deadline), if pending.is_some() => {
                 let snapshot = pending.take().expect("guarded by the select condition");
-                if !send(&store, job_id, &mut record, &snapshot, &cancel).await {
+                if !out.send(&mut record, &snapshot).await {
                     return record;
                 }
                 last_sent = Instant::now();
@@ -56,7 +67,7 @@ pub(crate) async fn publish_progress(
         };
         if boundary || Instant::now() >= deadline {
             pending = None;
-            if !send(&store, job_id, &mut record, &snapshot, &cancel).await {
+            if !out.send(&mut record, &snapshot).await {
                 return record;
             }
             last_sent = Instant::now();
@@ -65,39 +76,52 @@ pub(crate) async fn publish_progress(
         }
     }
     if let Some(snapshot) = pending {
-        send(&store, job_id, &mut record, &snapshot, &cancel).await;
+        out.send(&mut record, &snapshot).await;
     }
     record
 }
 
-/// Commits one progress event; `false` when the job no longer accepts progress.
-async fn send(
-    store: &Store,
+/// Where progress goes, and whom to tell when the job stops accepting it.
+struct Out<'a> {
+    store: &'a Store,
     job_id: JobId,
-    record: &mut JobRecord,
-    snapshot: &ProgressSnapshot,
-    cancel: &CancellationToken,
-) -> bool {
-    let now = OffsetDateTime::now_utc();
-    match store
-        .update_job(job_id, Some(record.clone()), |r| {
-            r.job.advance(snapshot, now).map(Some)
-        })
-        .await
-    {
-        Ok((committed, _)) => {
-            *record = committed;
-            true
-        }
-        Err(UpdateError::Rejected(_) | UpdateError::NotFound) => {
-            tracing::info!(job_id = %job_id, "job no longer processing: stopping its export");
-            cancel.cancel();
-            false
-        }
-        Err(e) => {
-            // A Redis blip costs one progress event, not the export.
-            tracing::warn!(job_id = %job_id, error = %e, "progress event not stored");
-            true
+    lease: Lease,
+    cancel: &'a CancellationToken,
+    lease_lost: &'a AtomicBool,
+}
+
+impl Out<'_> {
+    /// Commits one progress event; `false` when the job no longer accepts progress.
+    async fn send(&self, record: &mut JobRecord, snapshot: &ProgressSnapshot) -> bool {
+        let now = OffsetDateTime::now_utc();
+        let job_id = self.job_id;
+        match self
+            .store
+            .update_job(job_id, Some(record.clone()), Some(self.lease), |r| {
+                r.job.advance(snapshot, now).map(Some)
+            })
+            .await
+        {
+            Ok((committed, _)) => {
+                *record = committed;
+                true
+            }
+            Err(UpdateError::LeaseLost) => {
+                tracing::warn!(job_id = %job_id, "lease lost: stopping this export");
+                self.lease_lost.store(true, Ordering::SeqCst);
+                self.cancel.cancel();
+                false
+            }
+            Err(UpdateError::Rejected(_) | UpdateError::NotFound) => {
+                tracing::info!(job_id = %job_id, "job no longer processing: stopping its export");
+                self.cancel.cancel();
+                false
+            }
+            Err(e) => {
+                // A Redis blip costs one progress event, not the export.
+                tracing::warn!(job_id = %job_id, error = %e, "progress event not stored");
+                true
+            }
         }
     }
 }

@@ -58,6 +58,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         workers: 2,
         worker_concurrency: 2,
         archive_ttl: Duration::from_secs(3600),
+        max_active_per_user: 2,
     })
     .await?;
     eprintln!(

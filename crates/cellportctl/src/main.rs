@@ -111,6 +111,12 @@ struct ServeArgs {
     worker_concurrency: usize,
     #[arg(long, env = "CELLPORT_ARCHIVE_TTL", default_value = "24h", value_parser = parse_duration)]
     archive_ttl: Duration,
+    #[arg(
+        long,
+        env = "CELLPORT_MAX_ACTIVE_EXPORTS_PER_USER",
+        default_value_t = 2
+    )]
+    max_active_exports_per_user: u64,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +250,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         workers: args.workers,
         worker_concurrency: args.worker_concurrency,
         archive_ttl: args.archive_ttl,
+        max_active_per_user: args.max_active_exports_per_user,
     })
     .await?;
     eprintln!(

@@ -26,6 +26,7 @@ pub struct StackConfig {
     pub workers: usize,
     pub worker_concurrency: usize,
     pub archive_ttl: Duration,
+    pub max_active_per_user: u64,
 }
 
 pub struct LocalStack {
@@ -84,6 +85,7 @@ impl LocalStack {
             data_dir: config.data_dir.clone(),
             jwt_secret: config.jwt_secret.clone(),
             events_url: format!("ws://{gateway}/ws"),
+            max_active_per_user: config.max_active_per_user,
         };
         tasks.push(tokio::spawn(cellport_api::run(
             api_listener,
@@ -101,11 +103,10 @@ impl LocalStack {
         )));
         for i in 0..config.workers {
             let worker_config = WorkerConfig {
-                redis_url: redis_url.clone(),
-                data_dir: config.data_dir.clone(),
                 concurrency: config.worker_concurrency,
                 archive_ttl: config.archive_ttl,
                 name: Some(format!("{}-{i}", default_worker_name())),
+                ..WorkerConfig::new(redis_url.clone(), config.data_dir.clone())
             };
             tasks.push(tokio::spawn(cellport_worker::run(
                 worker_config,

@@ -1,22 +1,38 @@
 -- Commits a new version of a job record, and optionally its event, atomically.
 -- KEYS[1]  the job hash
+-- KEYS[2]  the job's checkpoint hash (dropped when the job ends)
+-- KEYS[3]  the owner's set of active jobs (the job leaves it when it ends)
 -- ARGV[1]  the seq the writer read (compare-and-set)
 -- ARGV[2]  the new status
 -- ARGV[3]  the new record (MessagePack)
 -- ARGV[4]  the event envelope (MessagePack), or '' for none
 -- ARGV[5]  the events channel
+-- ARGV[6]  the writer's lease fence, or '' for a writer without a lease (the api)
+-- ARGV[7]  the cancellations channel
+-- ARGV[8]  the job id
 -- Returns the new seq, -1 when the job does not exist, -2 when the seq moved on,
--- -3 when the job is already in a state that admits no change.
+-- -3 when the job is in a state that admits no change, -4 when the writer's lease is gone.
 local cur = redis.call('HGET', KEYS[1], 'seq')
 if not cur then return -1 end
 if tonumber(cur) ~= tonumber(ARGV[1]) then return -2 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'cancelled' or status == 'failed' then return -3 end
 if status == 'completed' and ARGV[2] ~= 'completed' then return -3 end
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[6] then return -4 end
 local seq = tonumber(cur) + 1
 redis.call('HSET', KEYS[1], 'seq', seq, 'status', ARGV[2], 'record', ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[1], 'event', ARGV[4])
   redis.call('PUBLISH', ARGV[5], ARGV[4])
+end
+local new = ARGV[2]
+if new == 'completed' or new == 'failed' or new == 'cancelled' then
+  redis.call('DEL', KEYS[2])
+  redis.call('SREM', KEYS[3], ARGV[8])
+  redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_expires')
+  if new == 'cancelled' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+elseif new == 'pending' then
+  -- Handed back: the next worker may take it at once.
+  redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_expires')
 end
 return seq

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use cellport_core::{CancelReason, ExportJob, ExportOptions, JobRecord, JobStatus};
 use cellport_store::events::decode_message;
-use cellport_store::{CommitError, EventSubscriber, Store, UpdateError};
+use cellport_store::{CommitError, CreateOutcome, EventSubscriber, Store, UpdateError};
 use cellport_testkit::{RedisOptions, RedisServer};
 use time::OffsetDateTime;
 
@@ -19,6 +19,7 @@ fn new_record() -> JobRecord {
     JobRecord {
         job,
         audience: vec!["alice".parse().unwrap(), "bob".parse().unwrap()],
+        archive: None,
     }
 }
 
@@ -30,26 +31,36 @@ async fn a_stale_writer_loses_and_a_final_job_stays_final() -> anyhow::Result<()
     let mut messages = subscriber.messages();
     let record = new_record();
     let id = record.job.id;
-    store.create_job(&record).await?;
+    assert_eq!(
+        store.create_job(&record, 10, None).await?,
+        CreateOutcome::Created
+    );
     assert!(
-        store.create_job(&record).await.is_err(),
+        store.create_job(&record, 10, None).await.is_err(),
         "ids are never reused"
     );
 
     let now = OffsetDateTime::now_utc();
     let mut worker_copy = store.load_job(id).await?.unwrap();
     let mut started = worker_copy.job.start(vec![], 2, now)?;
-    assert_eq!(store.commit(&mut worker_copy, Some(&mut started)).await?, 1);
+    assert_eq!(
+        store
+            .commit(&mut worker_copy, Some(&mut started), None)
+            .await?,
+        1
+    );
     assert_eq!(started.common().seq, 1);
 
     // Two writers read seq 1; the first to commit wins, the other must re-read.
     let mut api_copy = store.load_job(id).await?.unwrap();
     let mut stale = worker_copy.clone();
     let mut cancelled = api_copy.job.cancel(CancelReason::UserCancelled, now)?;
-    store.commit(&mut api_copy, Some(&mut cancelled)).await?;
+    store
+        .commit(&mut api_copy, Some(&mut cancelled), None)
+        .await?;
     let mut completed = stale.job.complete(10, "/d".into(), now, now)?;
     assert!(matches!(
-        store.commit(&mut stale, Some(&mut completed)).await,
+        store.commit(&mut stale, Some(&mut completed), None).await,
         Err(CommitError::Conflict)
     ));
     assert_eq!(
@@ -59,7 +70,7 @@ async fn a_stale_writer_loses_and_a_final_job_stays_final() -> anyhow::Result<()
 
     // Re-deciding through the state machine refuses to complete a cancelled job.
     let again = store
-        .update_job(id, None, |r| {
+        .update_job(id, None, None, |r| {
             r.job.complete(10, "/d".into(), now, now).map(Some)
         })
         .await;
@@ -74,7 +85,7 @@ async fn a_stale_writer_loses_and_a_final_job_stays_final() -> anyhow::Result<()
     let mut forced = stored.clone();
     forced.job.status = JobStatus::Completed;
     assert!(matches!(
-        store.commit(&mut forced, None).await,
+        store.commit(&mut forced, None, None).await,
         Err(CommitError::Final)
     ));
 
