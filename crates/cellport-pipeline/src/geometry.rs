@@ -82,6 +82,9 @@ fn has_three_distinct_points(points: &[Point]) -> bool {
 }
 
 /// Validates, numbers and assigns holes; see [`prepare_image_with_hole_parents`].
+///
+/// Warnings name the image by its stored name and a polygon by its 1-based position among the
+/// image's stored polygons, e.g. `image a.tif: polygon 3 (external) left out: zero area`.
 pub fn prepare_image(image: &ImageRecord) -> PreparedImage {
     prepare_image_with_hole_parents(image).0
 }
@@ -449,7 +452,7 @@ pub(crate) mod tests {
                     x: cx + r * a.cos(),
                     y: cy + r * a.sin(),
                 };
-                if idx % 3 == 0 {
+                if idx.is_multiple_of(3) {
                     Point {
                         x: (p.x / 4.0).round() * 4.0,
                         y: (p.y / 4.0).round() * 4.0,

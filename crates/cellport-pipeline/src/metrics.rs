@@ -48,7 +48,7 @@ pub struct PolygonMetrics {
 }
 
 /// One line of the metrics files. `metrics` are in pixels; the writers apply the scale.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
     /// The image's entry name in `images/`.
     pub image_name: String,
@@ -617,7 +617,8 @@ fn write_metrics_xlsx_paged(
     let mut rows = rows.into_iter().peekable();
     while rows_on_sheet == rows_per_sheet {
         sheet_idx += 1;
-        let sheet = workbook.add_worksheet();
+        // Constant-memory sheets stream rows to a temp file: millions of rows never sit in RAM.
+        let sheet = workbook.add_worksheet_with_constant_memory()?;
         sheet.set_name(polygon_sheet_name(sheet_idx))?;
         write_polygon_sheet_header(sheet, &headers, &header_format)?;
         rows_on_sheet = 0;
@@ -1202,7 +1203,7 @@ mod tests {
     #[test]
     fn csv_has_header_full_precision_and_quoted_names() {
         let l = measure(&cell(l_shape(), vec![]));
-        let rows = vec![
+        let rows = [
             row("plain.png", 1, l),
             row("a, \"quoted\" name.png", 2, with(1.0 / 3.0, 4.0, f64::NAN)),
         ];

@@ -3,6 +3,7 @@
 //! [`run`] builds one apalis worker over [`cellport_store::JobQueue`] with a concurrency limit
 //! of `CELLPORT_WORKER_CONCURRENCY`; each job goes through [`job::run_export`].
 
+pub mod cli;
 mod job;
 mod progress;
 

@@ -1,51 +1,5 @@
 //! `cellport-worker`: pulls export jobs and runs them.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use cellport_runtime::{LogFormat, init_tracing, parse_duration, shutdown_signal};
-use cellport_worker::{WorkerConfig, run};
-use clap::Parser;
-
-#[derive(Debug, Parser)]
-#[command(version, about = "Cellport export worker")]
-struct Args {
-    #[arg(
-        long,
-        env = "CELLPORT_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
-    #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
-    #[arg(long, env = "CELLPORT_WORKER_CONCURRENCY", default_value_t = 2)]
-    concurrency: usize,
-    #[arg(long, env = "CELLPORT_ARCHIVE_TTL", default_value = "24h", value_parser = parse_duration)]
-    archive_ttl: Duration,
-    /// Worker name; must be unique in the fleet (default: host, pid and a random suffix).
-    #[arg(long, env = "CELLPORT_WORKER_NAME")]
-    name: Option<String>,
-    /// How long a job's lease lasts without renewal.
-    #[arg(long, env = "CELLPORT_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
-    lease_ttl: Duration,
-    /// How long a dead worker's job waits before another worker takes it over.
-    #[arg(long, env = "CELLPORT_RECLAIM_AFTER", default_value = "15s", value_parser = parse_duration)]
-    reclaim_after: Duration,
-    #[arg(long, value_enum, default_value_t)]
-    log_format: LogFormat,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    init_tracing(args.log_format);
-    let config = WorkerConfig {
-        concurrency: args.concurrency,
-        archive_ttl: args.archive_ttl,
-        name: args.name,
-        lease_ttl: args.lease_ttl,
-        reclaim_after: args.reclaim_after,
-        ..WorkerConfig::new(args.redis_url, args.data_dir)
-    };
-    run(config, shutdown_signal()).await
+fn main() -> anyhow::Result<()> {
+    cellport_worker::cli::main()
 }

@@ -40,7 +40,7 @@ pub struct Rle {
 }
 
 /// One annotation before the document writer gives it its `id` and `image_id`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CocoAnnotation {
     pub category_id: u32,
     pub segmentation: Segmentation,

@@ -238,3 +238,168 @@ impl<W: Write> SegmentationJsonWriter<W> {
         Ok(self.out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cellport_core::Polygon;
+    use serde_json::json;
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::geometry::prepare_image_with_hole_parents;
+    use crate::geometry::tests::{pts, rect};
+
+    use PolygonKind::{External as E, Internal as I};
+
+    fn image(polygons: Vec<(PolygonKind, Vec<Point>)>) -> ImageRecord {
+        ImageRecord {
+            id: "img-3".parse().unwrap(),
+            name: "Cells 01.TIF".to_owned(),
+            width: 64,
+            height: 48,
+            size_bytes: 1234,
+            polygons: polygons
+                .into_iter()
+                .map(|(kind, points)| Polygon { kind, points })
+                .collect(),
+        }
+    }
+
+    /// (id, type, parentId) of every polygon, in file order.
+    fn summary(image: &SegmentationImage) -> Vec<(u32, PolygonKind, Option<u32>)> {
+        image
+            .polygons
+            .iter()
+            .map(|p| (p.id, p.kind, p.parent_id))
+            .collect()
+    }
+
+    #[test]
+    fn holes_follow_the_cells_in_stored_order() {
+        let check = |polygons: Vec<(PolygonKind, Vec<Point>)>,
+                     expected: Vec<(u32, PolygonKind, Option<u32>)>| {
+            let record = image(polygons);
+            let (prepared, parents) = prepare_image_with_hole_parents(&record);
+            let entry = segmentation_image(&record, "cells_01.tif", &prepared, &parents);
+            assert_eq!(summary(&entry), expected);
+        };
+        check(Vec::new(), Vec::new());
+        // Cell A, a hole of B, an invalid polygon (no id), cell B, a hole of A, an orphan, a hole of A.
+        check(
+            vec![
+                (E, rect(0.0, 0.0, 10.0, 10.0)),
+                (I, rect(21.0, 21.0, 22.0, 22.0)),
+                (E, pts(&[(0.0, 0.0), (1.0, 1.0)])),
+                (E, rect(20.0, 20.0, 30.0, 30.0)),
+                (I, rect(1.0, 1.0, 2.0, 2.0)),
+                (I, rect(50.0, 40.0, 51.0, 41.0)),
+                (I, rect(3.0, 3.0, 4.0, 4.0)),
+            ],
+            vec![
+                (1, E, None),
+                (2, E, None),
+                (3, I, Some(2)),
+                (4, I, Some(1)),
+                (5, I, None),
+                (6, I, Some(1)),
+            ],
+        );
+        // Only orphans: their ids start at 1.
+        check(vec![(I, rect(1.0, 1.0, 2.0, 2.0))], vec![(1, I, None)]);
+    }
+
+    #[test]
+    fn entry_fields_and_statistics() {
+        let record = image(vec![
+            (E, rect(0.0, 0.0, 4.0, 4.0)),
+            (I, rect(1.0, 1.0, 2.0, 2.0)),
+            (E, pts(&[(10.0, 10.0), (12.0, 10.0), (10.0, 13.0)])),
+            (I, rect(40.0, 40.0, 41.0, 41.0)),
+        ]);
+        let (prepared, parents) = prepare_image_with_hole_parents(&record);
+        let entry = segmentation_image(&record, "cells_01.tif", &prepared, &parents);
+        assert_eq!(
+            serde_json::to_value(&entry).unwrap(),
+            json!({
+                "id": "img-3",
+                "filename": "cells_01.tif",
+                "originalName": "Cells 01.TIF",
+                "width": 64,
+                "height": 48,
+                "polygons": [
+                    {"id": 1, "type": "external", "parentId": null,
+                     "points": [{"x": 0.0, "y": 0.0}, {"x": 4.0, "y": 0.0}, {"x": 4.0, "y": 4.0}, {"x": 0.0, "y": 4.0}]},
+                    {"id": 2, "type": "external", "parentId": null,
+                     "points": [{"x": 10.0, "y": 10.0}, {"x": 12.0, "y": 10.0}, {"x": 10.0, "y": 13.0}]},
+                    {"id": 3, "type": "internal", "parentId": 1,
+                     "points": [{"x": 1.0, "y": 1.0}, {"x": 2.0, "y": 1.0}, {"x": 2.0, "y": 2.0}, {"x": 1.0, "y": 2.0}]},
+                    {"id": 4, "type": "internal", "parentId": null,
+                     "points": [{"x": 40.0, "y": 40.0}, {"x": 41.0, "y": 40.0}, {"x": 41.0, "y": 41.0}, {"x": 40.0, "y": 41.0}]},
+                ],
+                "statistics": {"externalCount": 2, "holeCount": 1, "orphanHoleCount": 1, "totalArea": 18.0},
+            })
+        );
+    }
+
+    #[test]
+    fn holes_are_never_lost_when_the_order_is_missing() {
+        let record = image(vec![
+            (I, rect(50.0, 40.0, 51.0, 41.0)),
+            (E, rect(0.0, 0.0, 10.0, 10.0)),
+            (I, rect(1.0, 1.0, 2.0, 2.0)),
+        ]);
+        let prepared = crate::geometry::prepare_image(&record);
+        let check = |hole_parents: &[Option<u32>],
+                     expected: Vec<(u32, PolygonKind, Option<u32>)>| {
+            let entry = segmentation_image(&record, "x.tif", &prepared, hole_parents);
+            assert_eq!(summary(&entry), expected, "{hole_parents:?}");
+        };
+        // Stored order: the orphan first.
+        check(
+            &[None, Some(1)],
+            vec![(1, E, None), (2, I, None), (3, I, Some(1))],
+        );
+        // Without the order: cells' holes, then orphans.
+        check(&[], vec![(1, E, None), (2, I, Some(1)), (3, I, None)]);
+        // Unknown parents and surplus entries are skipped, still without losing a hole.
+        check(
+            &[Some(9), None, None, Some(1), Some(1)],
+            vec![(1, E, None), (2, I, None), (3, I, Some(1))],
+        );
+    }
+
+    #[test]
+    fn document_streams_metadata_and_images() {
+        let check = |images: Vec<SegmentationImage>, expected_count: usize| {
+            let metadata = SegmentationMetadata {
+                version: "0.1.0",
+                created: datetime!(2024-05-06 07:08:09.5 UTC),
+                image_count: images.len() as u64,
+            };
+            let mut writer = SegmentationJsonWriter::start(Vec::new(), &metadata).unwrap();
+            images.iter().for_each(|i| writer.write_image(i).unwrap());
+            let document: serde_json::Value =
+                serde_json::from_slice(&writer.finish().unwrap()).unwrap();
+            assert_eq!(
+                document["metadata"],
+                json!({
+                    "version": "0.1.0",
+                    "created": "2024-05-06T07:08:09.5Z",
+                    "imageCount": expected_count,
+                    "format": "cellport-segmentation",
+                })
+            );
+            let parsed: Vec<SegmentationImage> =
+                serde_json::from_value(document["images"].clone()).unwrap();
+            assert_eq!(parsed, images);
+        };
+        check(Vec::new(), 0);
+        let record = image(vec![
+            (E, rect(0.0, 0.0, 4.0, 4.0)),
+            (I, rect(1.0, 1.0, 2.0, 2.0)),
+        ]);
+        let (prepared, parents) = prepare_image_with_hole_parents(&record);
+        let entry = segmentation_image(&record, "a.tif", &prepared, &parents);
+        check(vec![entry.clone(), entry], 2);
+    }
+}
