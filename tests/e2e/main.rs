@@ -1,5 +1,6 @@
 //! End-to-end tests: a private redis-server and the real services on loopback ports.
 
 mod api_errors;
+mod archive;
 mod export_flow;
 mod support;

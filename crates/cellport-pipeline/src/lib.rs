@@ -8,6 +8,7 @@
 //! * [`import`]: filling the built-in store from a directory of images and a COCO file.
 //! * [`synthetic`]: cell-like sample projects for the demo and benchmarks.
 
+mod docs;
 pub mod export;
 pub mod formats;
 pub mod geometry;
@@ -20,7 +21,8 @@ pub mod synthetic;
 pub mod visualize;
 
 pub use export::{
-    ExportError, ExportInput, ExportSummary, ProgressSink, export_archive, plan_tasks,
+    Checkpoints, ExportContext, ExportError, ExportInput, ExportSummary, NoCheckpoints,
+    ProgressSink, export_archive, plan_tasks,
 };
 pub use source::{FileProjectStore, ProjectSource, SourceError};
-pub use storage::Storage;
+pub use storage::{Staging, Storage};

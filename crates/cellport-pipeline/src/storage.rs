@@ -113,3 +113,65 @@ impl Storage {
         remove_if_present(&self.archive_path(name)?).await
     }
 }
+
+/// A job's staged outputs: what finished items produced, kept until the job ends so that a
+/// resumed job reuses them. Files appear whole (written to a temp name, then renamed).
+#[derive(Debug, Clone)]
+pub struct Staging {
+    dir: PathBuf,
+}
+
+impl Storage {
+    /// The staging area of `job` (created on first write).
+    pub fn staging(&self, job: JobId) -> Staging {
+        let root = self
+            .archives
+            .parent()
+            .map(|p| p.join("staging"))
+            .unwrap_or_else(|| PathBuf::from("staging"));
+        Staging {
+            dir: root.join(job.to_string()),
+        }
+    }
+}
+
+impl Staging {
+    /// Where a staged file lives; names are built by the pipeline from checked ids.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes a staged file atomically.
+    pub async fn write(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(name);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let tmp = path.with_extension("tmp");
+        tokio::fs::write(&tmp, bytes).await?;
+        tokio::fs::rename(&tmp, &path).await
+    }
+
+    /// Reads a staged file; `None` when it is not there.
+    pub async fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        match tokio::fs::read(self.path(name)).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn exists(&self, name: &str) -> bool {
+        tokio::fs::try_exists(self.path(name))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Removes everything staged for the job (absent is fine).
+    pub async fn remove(&self) -> io::Result<()> {
+        match tokio::fs::remove_dir_all(&self.dir).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cellport_runtime::{LogFormat, init_tracing, parse_duration, shutdown_signal};
 use crate::{WorkerConfig, run};
+use cellport_runtime::{LogFormat, init_tracing, parse_duration, shutdown_signal};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -20,6 +20,9 @@ struct Args {
     data_dir: PathBuf,
     #[arg(long, env = "CELLPORT_WORKER_CONCURRENCY", default_value_t = 2)]
     concurrency: usize,
+    /// Items of one job processed at once (default: the number of CPUs).
+    #[arg(long, env = "CELLPORT_ITEM_PARALLELISM")]
+    item_parallelism: Option<usize>,
     #[arg(long, env = "CELLPORT_ARCHIVE_TTL", default_value = "24h", value_parser = parse_duration)]
     archive_ttl: Duration,
     /// Worker name; must be unique in the fleet (default: host, pid and a random suffix).
@@ -39,13 +42,15 @@ struct Args {
 pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
+    let defaults = WorkerConfig::new(args.redis_url, args.data_dir);
     let config = WorkerConfig {
         concurrency: args.concurrency,
+        item_parallelism: args.item_parallelism.unwrap_or(defaults.item_parallelism),
         archive_ttl: args.archive_ttl,
         name: args.name,
         lease_ttl: args.lease_ttl,
         reclaim_after: args.reclaim_after,
-        ..WorkerConfig::new(args.redis_url, args.data_dir)
+        ..defaults
     };
     tokio::runtime::Runtime::new()?.block_on(run(config, shutdown_signal()))
 }

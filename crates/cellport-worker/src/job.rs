@@ -12,8 +12,11 @@ use std::time::Duration;
 use apalis_core::backend::TaskSink;
 use cellport_core::progress::ProgressTracker;
 use cellport_core::{ImageRecord, JobId, JobRecord, JobStatus, Project, TransitionError};
-use cellport_pipeline::{ExportError, ExportInput, export_archive, plan_tasks};
+use cellport_pipeline::{
+    Checkpoints, ExportContext, ExportError, ExportInput, export_archive, plan_tasks,
+};
 use cellport_store::{ExportRequest, Lease, LeaseError, UpdateError};
+use futures::future::BoxFuture;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -248,13 +251,28 @@ async fn attempt(
         run.cancel.clone(),
         run.lease_lost.clone(),
     ));
+    let staging = state.storage.staging(job_id);
+    let checkpoints = RedisCheckpoints {
+        store: state.store.clone(),
+        job_id,
+        lease: run.lease,
+        done: state.store.checkpoints(job_id).await?.into_keys().collect(),
+        lease_lost: run.lease_lost.clone(),
+    };
     let outcome = async {
         let mut writer = state
             .storage
             .create_archive(job_id, run.lease.fence)
             .await?;
         let sink = ChannelSink(tx);
-        match export_archive(&input, &mut writer.file, &sink, &run.cancel).await {
+        let ctx = ExportContext {
+            staging: &staging,
+            checkpoints: &checkpoints,
+            sink: &sink,
+            cancel: &run.cancel,
+            parallelism: state.item_parallelism,
+        };
+        match export_archive(&input, &ctx, &mut writer.file).await {
             Ok(summary) => Ok((writer, summary)),
             Err(e) => {
                 if let Err(abort) = writer.abort().await {
@@ -298,8 +316,11 @@ async fn attempt(
                     tracing::info!(
                         bytes = archive.size,
                         entries = summary.entries.len(),
+                        items_reused = summary.items_reused,
+                        items_processed = summary.items_processed,
                         "export completed"
                     );
+                    remove_staging(state, job_id).await;
                     Ok((record, Stopped::Done))
                 }
                 Err(e) => {
@@ -318,11 +339,13 @@ async fn attempt(
         Err(ExportError::Cancelled) => {
             Ok((stopped_by_cancel_record(run, record).await?, Stopped::Done))
         }
+        Err(ExportError::CheckpointRefused) => Err(JobError::LeaseLost),
         Err(
             e @ (ExportError::Io(_)
             | ExportError::Zip(_)
             | ExportError::Source(_)
-            | ExportError::ReadImage { .. }),
+            | ExportError::ReadImage { .. }
+            | ExportError::Xlsx(_)),
         ) => {
             let message = e.to_string();
             Ok((
@@ -354,6 +377,7 @@ async fn stopped_by_cancel_record(
         hand_back(run, record.clone()).await?;
     } else {
         tracing::info!("export stopped: job cancelled");
+        remove_staging(run.state, run.job_id).await;
     }
     Ok(record)
 }
@@ -409,8 +433,48 @@ async fn watch_status(store: cellport_store::Store, job_id: JobId, cancel: Cance
     }
 }
 
+/// Staged items matter only while the job can still resume.
+async fn remove_staging(state: &WorkerState, job_id: JobId) {
+    if let Err(e) = state.storage.staging(job_id).remove().await {
+        tracing::warn!(job_id = %job_id, error = %e, "removing staged files failed");
+    }
+}
+
+/// Checkpoints in the job's Redis hash, written under the job's lease.
+struct RedisCheckpoints {
+    store: cellport_store::Store,
+    job_id: JobId,
+    lease: Lease,
+    done: HashSet<String>,
+    lease_lost: Arc<AtomicBool>,
+}
+
+impl Checkpoints for RedisCheckpoints {
+    fn is_done(&self, item: &str) -> bool {
+        self.done.contains(item)
+    }
+
+    fn record<'a>(&'a self, item: &'a str) -> BoxFuture<'a, Result<(), ExportError>> {
+        Box::pin(async move {
+            match self
+                .store
+                .checkpoint(self.job_id, self.lease, item, b"done")
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    self.lease_lost.store(true, Ordering::SeqCst);
+                    Err(ExportError::CheckpointRefused)
+                }
+                Err(e) => Err(ExportError::Io(std::io::Error::other(e))),
+            }
+        })
+    }
+}
+
 async fn fail(run: &Running<'_>, record: JobRecord, message: String) -> Result<(), JobError> {
     tracing::warn!(error = %message, "export failed");
+    remove_staging(run.state, run.job_id).await;
     let now = OffsetDateTime::now_utc();
     match run
         .state

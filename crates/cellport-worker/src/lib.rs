@@ -33,6 +33,8 @@ pub struct WorkerConfig {
     pub data_dir: PathBuf,
     /// Jobs run at once by this process.
     pub concurrency: usize,
+    /// Items of one job processed at once.
+    pub item_parallelism: usize,
     pub archive_ttl: Duration,
     /// Unique per process; generated from host and pid when `None`.
     pub name: Option<String>,
@@ -50,6 +52,7 @@ impl WorkerConfig {
             redis_url: redis_url.into(),
             data_dir: data_dir.into(),
             concurrency: 2,
+            item_parallelism: std::thread::available_parallelism().map_or(2, usize::from),
             archive_ttl: Duration::from_secs(24 * 3600),
             name: None,
             lease_ttl: Duration::from_secs(10),
@@ -66,6 +69,7 @@ pub(crate) struct WorkerState {
     pub(crate) producer: JobQueue<ExportRequest>,
     pub(crate) archive_ttl: Duration,
     pub(crate) lease_ttl: Duration,
+    pub(crate) item_parallelism: usize,
     /// Cancelled when the process shuts down: running exports stop and hand their jobs back.
     pub(crate) shutdown: CancellationToken,
     /// The jobs running here, to stop one the moment its cancellation is announced.
@@ -158,6 +162,7 @@ pub async fn run(
         storage: Storage::new(&config.data_dir),
         archive_ttl: config.archive_ttl,
         lease_ttl: config.lease_ttl,
+        item_parallelism: config.item_parallelism.max(1),
         shutdown: stop.clone(),
         running: Mutex::default(),
     });

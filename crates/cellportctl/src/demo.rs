@@ -114,8 +114,11 @@ async fn export_sample(
     let client = ApiClient::new(&format!("http://{}", stack.api), token.clone());
     // Subscribe before starting, so the bar sees every event from the first.
     let mut socket = connect_events(&format!("ws://{}/ws", stack.gateway), &token).await?;
-    let options =
-        json!({"includeVisualizations": false, "annotationFormats": [], "metricsFormats": []});
+    let options = json!({
+        "annotationFormats": ["coco", "yolo", "json"],
+        "metricsFormats": ["excel", "csv", "json"],
+        "pixelToMicrometerScale": 0.65
+    });
     let started: Started = client.start_export(project.id.as_str(), &options).await?;
     eprintln!("export {} queued", started.job_id);
     let bar = progress_bar();
