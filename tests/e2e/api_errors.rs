@@ -30,6 +30,7 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
         worker: false,
         max_active_per_user: 10,
+        ..StackOptions::default()
     })
     .await?;
     let (project, _) = stack.import_synthetic("alice", small()).await?;

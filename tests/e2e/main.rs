@@ -3,4 +3,5 @@
 mod api_errors;
 mod archive;
 mod export_flow;
+mod fleet;
 mod support;

@@ -21,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 pub const SECRET: &str = "test-secret";
 
 pub struct StackOptions {
+    /// Run a worker inside the test process (fleet tests start worker processes instead).
     pub worker: bool,
     pub max_active_per_user: u64,
+    /// Redis with AOF, for tests that restart it.
+    pub aof: bool,
 }
 
 impl Default for StackOptions {
@@ -30,13 +33,13 @@ impl Default for StackOptions {
         StackOptions {
             worker: true,
             max_active_per_user: 2,
+            aof: false,
         }
     }
 }
 
 pub struct Stack {
-    /// Kept alive for the stack's lifetime.
-    _redis: RedisServer,
+    pub redis: RedisServer,
     pub data: tempfile::TempDir,
     pub api: SocketAddr,
     pub gateway: SocketAddr,
@@ -53,7 +56,11 @@ impl Drop for Stack {
 
 impl Stack {
     pub async fn start(options: StackOptions) -> anyhow::Result<Stack> {
-        let redis = RedisServer::start(RedisOptions::default()).await?;
+        let redis = RedisServer::start(RedisOptions {
+            aof: options.aof,
+            ..RedisOptions::default()
+        })
+        .await?;
         let data = tempfile::tempdir()?;
         let shutdown = CancellationToken::new();
 
@@ -88,7 +95,7 @@ impl Stack {
             });
         }
         let stack = Stack {
-            _redis: redis,
+            redis,
             data,
             api,
             gateway,
@@ -115,6 +122,67 @@ impl Stack {
         .await;
         anyhow::ensure!(gateway_up, "gateway did not start");
         Ok(stack)
+    }
+
+    /// A worker process (the `e2e-worker` binary) on this stack's Redis and data directory.
+    /// Short leases so that takeovers happen within seconds; one item at a time.
+    pub fn spawn_worker(
+        &self,
+        name: &str,
+        lease: &str,
+        reclaim_after: &str,
+    ) -> anyhow::Result<WorkerProcess> {
+        let log_path = self.data.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
+            .env("CELLPORT_REDIS_URL", self.redis.url())
+            .env("CELLPORT_DATA_DIR", self.data.path())
+            .env("CELLPORT_WORKER_NAME", name)
+            .env("CELLPORT_WORKER_CONCURRENCY", "1")
+            .env("CELLPORT_ITEM_PARALLELISM", "1")
+            .env("CELLPORT_LEASE_TTL", lease)
+            .env("CELLPORT_RECLAIM_AFTER", reclaim_after)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(WorkerProcess { child, log_path })
+    }
+
+    pub async fn post_export(
+        &self,
+        user: &str,
+        project: &str,
+        options: Value,
+    ) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(self.url(&format!("/api/projects/{project}/export")))
+            .bearer_auth(self.token(user))
+            .json(&options)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 202,
+            "export refused: {}",
+            response.status()
+        );
+        let body: Value = response.json().await?;
+        Ok(body["jobId"].as_str().context("jobId")?.to_owned())
+    }
+
+    pub async fn status(&self, user: &str, project: &str, job: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(self.url(&format!("/api/projects/{project}/export/{job}/status")))
+            .bearer_auth(self.token(user))
+            .send()
+            .await?
+            .json()
+            .await?)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -180,5 +248,31 @@ impl WsClient {
                 return serde_json::from_str(text.as_str()).ok();
             }
         }
+    }
+}
+
+/// A worker process under test, killed when dropped.
+pub struct WorkerProcess {
+    pub child: tokio::process::Child,
+    pub log_path: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("worker is running")
+    }
+
+    /// Sends a signal by name (`KILL`, `TERM`, `STOP`, `CONT`) with the system's `kill`.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 }

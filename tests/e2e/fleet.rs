@@ -1,0 +1,396 @@
+//! A fleet that loses nothing: real worker processes killed, paused and stopped mid-job.
+
+use std::time::{Duration, Instant};
+
+use cellport_pipeline::synthetic::SyntheticSpec;
+use cellport_store::Store;
+use serde_json::{Value, json};
+
+use crate::archive::{check_archive, every_option, read_zip, source_images};
+use crate::support::{Stack, StackOptions, WsClient};
+
+/// Enough work that a job runs for a few seconds in a debug build, one item at a time.
+fn fleet_spec() -> SyntheticSpec {
+    SyntheticSpec {
+        images: 30,
+        width: 384,
+        height: 384,
+        cells_per_image: 10,
+        ..SyntheticSpec::default()
+    }
+}
+
+/// Items of a `fleet_spec` export with every option: 30 images in three item tasks, and the archive.
+const ITEMS_TOTAL: u64 = 91;
+
+fn without_worker() -> StackOptions {
+    StackOptions {
+        worker: false,
+        ..StackOptions::default()
+    }
+}
+
+/// Collects the job's events until one satisfies `stop` (inclusive) or `timeout` passes.
+async fn events_until(
+    ws: &mut WsClient,
+    job: &str,
+    timeout: Duration,
+    mut stop: impl FnMut(&Value) -> bool,
+) -> (Vec<Value>, bool) {
+    let deadline = Instant::now() + timeout;
+    let mut events = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Some(event) = ws.next_event(left).await else {
+            break;
+        };
+        if event["data"]["jobId"] != job {
+            continue;
+        }
+        let done = stop(&event);
+        events.push(event);
+        if done {
+            return (events, true);
+        }
+    }
+    (events, false)
+}
+
+fn items_completed_at_least(n: u64) -> impl FnMut(&Value) -> bool {
+    move |e| {
+        e["event"] == "export:progress" && e["data"]["itemsCompleted"].as_u64().unwrap_or(0) >= n
+    }
+}
+
+fn is_terminal(e: &Value) -> bool {
+    matches!(
+        e["event"].as_str(),
+        Some("export:completed" | "export:failed" | "export:cancelled")
+    )
+}
+
+/// The `key=value` fields of the worker's "export completed" log line.
+fn completed_field(log: &str, key: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains("export completed"))?;
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+fn assert_ordered(events: &[Value]) {
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e["data"]["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq strictly increases: {seqs:?}"
+    );
+    let progress: Vec<f64> = events
+        .iter()
+        .filter(|e| e["event"] == "export:progress")
+        .map(|e| e["data"]["progress"].as_f64().unwrap())
+        .collect();
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress never goes down: {progress:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| is_terminal(e)).count(),
+        1,
+        "exactly one terminal event"
+    );
+}
+
+async fn download_and_check(
+    stack: &Stack,
+    project: &str,
+    job: &str,
+    source_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let status = stack.status("alice", project, job).await?;
+    let url = status["downloadUrl"]
+        .as_str()
+        .expect("completed job has a download url");
+    let bytes = stack
+        .http
+        .get(stack.url(url))
+        .bearer_auth(stack.token("alice"))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    check_archive(
+        &read_zip(bytes.to_vec()).await?,
+        &source_images(source_dir)?,
+        source_dir,
+        project,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_job_is_resumed_from_its_checkpoints() -> anyhow::Result<()> {
+    let stack = Stack::start(without_worker()).await?;
+    let (project, source_dir) = stack.import_synthetic("alice", fleet_spec()).await?;
+    let project = project.id.as_str();
+    let mut ws = stack.ws("alice").await?;
+    let mut worker_a = stack.spawn_worker("worker-a", "2s", "3s")?;
+    let job = stack
+        .post_export("alice", project, json!({ "options": every_option() }))
+        .await?;
+
+    let (mut events, reached) = events_until(
+        &mut ws,
+        &job,
+        Duration::from_secs(60),
+        items_completed_at_least(ITEMS_TOTAL * 2 / 5),
+    )
+    .await;
+    assert!(reached, "worker A never reached 40 %: {}", worker_a.log());
+    worker_a.signal("KILL")?;
+    worker_a.child.wait().await?;
+    let store = Store::connect(&stack.redis.url()).await?;
+    let checkpointed = store.checkpoints(job.parse()?).await?.len() as u64;
+    assert!(
+        checkpointed >= 10,
+        "worker A checkpointed {checkpointed} items"
+    );
+
+    let worker_b = stack.spawn_worker("worker-b", "2s", "3s")?;
+    let (rest, finished) = events_until(&mut ws, &job, Duration::from_secs(90), is_terminal).await;
+    events.extend(rest);
+    assert!(
+        finished,
+        "no terminal event; worker B log:\n{}",
+        worker_b.log()
+    );
+    assert_eq!(events.last().unwrap()["event"], "export:completed");
+    assert_ordered(&events);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "export:started")
+            .count(),
+        2
+    );
+
+    // Worker B redid only what A had not checkpointed: with one item at a time, at most one item was in flight.
+    let logged = cellport_testkit::wait_until(Duration::from_secs(5), || async {
+        worker_b.log().contains("export completed")
+    })
+    .await;
+    assert!(logged, "{}", worker_b.log());
+    let log = worker_b.log();
+    assert_eq!(
+        completed_field(&log, "items_reused"),
+        Some(checkpointed),
+        "{log}"
+    );
+    assert_eq!(
+        completed_field(&log, "items_processed"),
+        Some(30 - checkpointed),
+        "{log}"
+    );
+    let status = stack.status("alice", project, &job).await?;
+    assert_eq!(
+        (status["status"].as_str(), status["attempts"].as_u64()),
+        (Some("completed"), Some(2))
+    );
+    download_and_check(&stack, project, &job, &source_dir).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_that_lost_its_lease_writes_nothing() -> anyhow::Result<()> {
+    let stack = Stack::start(without_worker()).await?;
+    let (project, source_dir) = stack.import_synthetic("alice", fleet_spec()).await?;
+    let project = project.id.as_str();
+    let mut ws = stack.ws("alice").await?;
+    let worker_a = stack.spawn_worker("worker-a", "2s", "3s")?;
+    let job = stack
+        .post_export("alice", project, json!({ "options": every_option() }))
+        .await?;
+
+    let (mut events, reached) = events_until(
+        &mut ws,
+        &job,
+        Duration::from_secs(60),
+        items_completed_at_least(15),
+    )
+    .await;
+    assert!(reached, "worker A never got going: {}", worker_a.log());
+    worker_a.signal("STOP")?;
+    let worker_b = stack.spawn_worker("worker-b", "2s", "3s")?;
+    // Worker B takes over (a second start), makes progress, then A wakes up.
+    let mut starts = 1;
+    let (more, took_over) = events_until(&mut ws, &job, Duration::from_secs(60), |e| {
+        if e["event"] == "export:started" {
+            starts += 1;
+        }
+        starts == 2 && e["event"] == "export:progress"
+    })
+    .await;
+    events.extend(more);
+    assert!(took_over, "worker B did not take over: {}", worker_b.log());
+    worker_a.signal("CONT")?;
+    let (rest, finished) = events_until(&mut ws, &job, Duration::from_secs(90), is_terminal).await;
+    events.extend(rest);
+    assert!(finished, "no terminal event: {}", worker_b.log());
+    assert_eq!(events.last().unwrap()["event"], "export:completed");
+    assert_ordered(&events);
+    let lost = cellport_testkit::wait_until(Duration::from_secs(10), || async {
+        worker_a.log().contains("lease lost")
+    })
+    .await;
+    assert!(
+        lost,
+        "worker A never noticed it lost the job:\n{}",
+        worker_a.log()
+    );
+    assert!(
+        !worker_a.log().contains("export completed"),
+        "the stale worker must not complete the job"
+    );
+    let status = stack.status("alice", project, &job).await?;
+    assert_eq!(status["attempts"], 2);
+    download_and_check(&stack, project, &job, &source_dir).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_the_job_back_at_once() -> anyhow::Result<()> {
+    let stack = Stack::start(without_worker()).await?;
+    let (project, source_dir) = stack.import_synthetic("alice", fleet_spec()).await?;
+    let project = project.id.as_str();
+    let mut ws = stack.ws("alice").await?;
+    // Leases and takeovers far longer than the test: only a hand-back lets worker B finish in time.
+    let mut worker_a = stack.spawn_worker("worker-a", "60s", "120s")?;
+    let job = stack
+        .post_export("alice", project, json!({ "options": every_option() }))
+        .await?;
+    let (_, reached) = events_until(
+        &mut ws,
+        &job,
+        Duration::from_secs(60),
+        items_completed_at_least(15),
+    )
+    .await;
+    assert!(reached, "worker A never got going: {}", worker_a.log());
+
+    let signalled = Instant::now();
+    worker_a.signal("TERM")?;
+    let exit = tokio::time::timeout(Duration::from_secs(10), worker_a.child.wait()).await;
+    assert!(
+        matches!(exit, Ok(Ok(status)) if status.success()),
+        "worker A did not exit cleanly within 10 s: {exit:?}\n{}",
+        worker_a.log()
+    );
+    let exit_time = signalled.elapsed();
+    assert!(worker_a.log().contains("handed back"), "{}", worker_a.log());
+    assert_eq!(
+        stack.status("alice", project, &job).await?["status"],
+        "pending"
+    );
+
+    let worker_b = stack.spawn_worker("worker-b", "60s", "120s")?;
+    let (events, finished) =
+        events_until(&mut ws, &job, Duration::from_secs(60), is_terminal).await;
+    assert!(finished, "worker B did not finish: {}", worker_b.log());
+    assert_eq!(events.last().unwrap()["event"], "export:completed");
+    let logged = cellport_testkit::wait_until(Duration::from_secs(5), || async {
+        worker_b.log().contains("export completed")
+    })
+    .await;
+    assert!(logged, "{}", worker_b.log());
+    assert!(
+        completed_field(&worker_b.log(), "items_reused").unwrap_or(0) >= 5,
+        "{}",
+        worker_b.log()
+    );
+    eprintln!("worker A exited {} ms after SIGTERM", exit_time.as_millis());
+    download_and_check(&stack, project, &job, &source_dir).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_jobs_stop_leave_nothing_and_never_complete() -> anyhow::Result<()> {
+    let stack = Stack::start(without_worker()).await?;
+    let (project, _) = stack.import_synthetic("alice", fleet_spec()).await?;
+    let project = project.id.as_str();
+    let mut ws = stack.ws("alice").await?;
+    let cancel = |job: String| {
+        let url = stack.url(&format!("/api/projects/{project}/export/{job}/cancel"));
+        let request = stack.http.post(url).bearer_auth(stack.token("alice"));
+        async move {
+            request
+                .send()
+                .await?
+                .json::<Value>()
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+
+    // Pending: cancelled at once, never processed even once a worker shows up.
+    let pending = stack
+        .post_export("alice", project, json!({ "options": every_option() }))
+        .await?;
+    assert_eq!(cancel(pending.clone()).await?["status"], "cancelled");
+    let (events, _) = events_until(&mut ws, &pending, Duration::from_secs(5), is_terminal).await;
+    assert_eq!(
+        events.last().map(|e| e["event"].clone()),
+        Some(json!("export:cancelled"))
+    );
+
+    // Running: cancelled mid-way; the worker stops and removes what it wrote.
+    let worker = stack.spawn_worker("worker-a", "2s", "3s")?;
+    let running = stack
+        .post_export("alice", project, json!({ "options": every_option() }))
+        .await?;
+    let (mut events, reached) = events_until(
+        &mut ws,
+        &running,
+        Duration::from_secs(60),
+        items_completed_at_least(15),
+    )
+    .await;
+    assert!(reached, "{}", worker.log());
+    let asked = Instant::now();
+    assert_eq!(cancel(running.clone()).await?["status"], "cancelled");
+    let (rest, _) = events_until(&mut ws, &running, Duration::from_secs(5), is_terminal).await;
+    let latency = asked.elapsed();
+    events.extend(rest);
+    assert_eq!(events.last().unwrap()["event"], "export:cancelled");
+    let stopped = cellport_testkit::wait_until(Duration::from_secs(5), || async {
+        worker.log().contains("job cancelled")
+    })
+    .await;
+    assert!(stopped, "{}", worker.log());
+    let data = stack.data.path().to_owned();
+    let clean = cellport_testkit::wait_until(Duration::from_secs(5), || {
+        let data = data.clone();
+        let running = running.clone();
+        async move {
+            let staged = data.join("staging").join(&running).exists();
+            let archives = std::fs::read_dir(data.join("archives"))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with(&running))
+                })
+                .unwrap_or(false);
+            !staged && !archives
+        }
+    })
+    .await;
+    assert!(clean, "staged or partial files were left behind");
+    // Nothing follows the cancellation, and neither job was ever completed.
+    let (after, _) = events_until(&mut ws, &running, Duration::from_secs(2), |_| false).await;
+    assert!(after.is_empty(), "events after the cancellation: {after:?}");
+    for job in [&pending, &running] {
+        assert_eq!(
+            stack.status("alice", project, job).await?["status"],
+            "cancelled"
+        );
+    }
+    assert!(!worker.log().contains(&format!(
+        "job_id={pending}}}: cellport_worker::job: export started"
+    )));
+    eprintln!("cancel → export:cancelled in {} ms", latency.as_millis());
+    Ok(())
+}
