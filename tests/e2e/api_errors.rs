@@ -188,3 +188,40 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_and_per_user_limit_over_http() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        worker: false,
+        max_active_per_user: 1,
+        ..StackOptions::default()
+    })
+    .await?;
+    let (project, _) = stack.import_synthetic("alice", small()).await?;
+    let url = stack.url(&format!("/api/projects/{}/export", project.id));
+    let post = |key: Option<&'static str>| {
+        let mut request = stack
+            .http
+            .post(&url)
+            .bearer_auth(stack.token("alice"))
+            .json(&json!({}));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send()
+    };
+    let first: Value = post(Some("retry-1")).await?.json().await?;
+    let again = post(Some("retry-1")).await?;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    let again: Value = again.json().await?;
+    assert_eq!(
+        again["jobId"], first["jobId"],
+        "the same key returns the same job"
+    );
+
+    let limited = post(None).await?;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers()["retry-after"], "15");
+    assert_eq!(error_of(limited).await.1["code"], "too_many_exports");
+    Ok(())
+}

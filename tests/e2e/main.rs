@@ -4,4 +4,5 @@ mod api_errors;
 mod archive;
 mod export_flow;
 mod fleet;
+mod persistence;
 mod support;

@@ -88,7 +88,12 @@ impl Stack {
             cellport_gateway::run(gateway_listener, gateway_config, stop.cancelled_owned()).await
         });
         if options.worker {
-            let worker_config = WorkerConfig::new(redis.url(), data.path());
+            // Short leases: a job whose worker lost Redis mid-way is retried within seconds.
+            let worker_config = WorkerConfig {
+                lease_ttl: Duration::from_secs(2),
+                reclaim_after: Duration::from_secs(3),
+                ..WorkerConfig::new(redis.url(), data.path())
+            };
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 cellport_worker::run(worker_config, stop.cancelled_owned()).await

@@ -167,6 +167,22 @@ impl RedisServer {
         self.kill().await?;
         self.spawn().await
     }
+
+    /// Stops the server as a deploy would (SIGTERM: it flushes its AOF) and starts it again.
+    pub async fn graceful_restart(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status()?;
+            }
+            tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .context("redis-server did not stop within 10 s")??;
+        }
+        self.spawn().await
+    }
 }
 
 fn last_log_line(dir: &Path) -> String {

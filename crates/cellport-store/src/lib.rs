@@ -37,6 +37,9 @@ impl StoreError {
     }
 }
 
+/// Pub/sub messages buffered per receiver before a slow one starts missing them.
+const PUBSUB_BUFFER: usize = 16 * 1024;
+
 /// How long one Redis command may take before it fails (and the caller answers 503 or retries).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -50,6 +53,8 @@ pub(crate) fn builder(url: &str) -> Result<Builder, StoreError> {
         })
         .with_performance_config(|p| {
             p.default_command_timeout = COMMAND_TIMEOUT;
+            // Pub/sub messages wait here for the receiving task; a burst must not be dropped as lag.
+            p.broadcast_channel_capacity = PUBSUB_BUFFER;
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
     Ok(builder)

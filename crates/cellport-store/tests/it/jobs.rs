@@ -104,3 +104,103 @@ async fn a_stale_writer_loses_and_a_final_job_stays_final() -> anyhow::Result<()
     assert_eq!(names, ["export:started", "export:cancelled"]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_racing_completion_never_yields_two_endings() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let subscriber = EventSubscriber::connect(&redis.url()).await?;
+    let mut messages = subscriber.messages();
+    // Count terminal events per job as they arrive, while the races run.
+    let collector = tokio::spawn(async move {
+        let mut terminal_per_job = std::collections::HashMap::new();
+        while let Ok(Ok(message)) =
+            tokio::time::timeout(Duration::from_secs(2), messages.recv()).await
+        {
+            let envelope = decode_message(&message).expect("decodable");
+            if envelope.terminal {
+                *terminal_per_job.entry(envelope.job_id).or_insert(0) += 1;
+            }
+        }
+        terminal_per_job
+    });
+    let rounds = 100;
+    let mut completions = 0;
+    for _ in 0..rounds {
+        let record = new_record();
+        let id = record.job.id;
+        store.create_job(&record, 1000, None).await?;
+        let lease = store
+            .acquire_lease(id, "worker", Duration::from_secs(10))
+            .await?;
+        let now = OffsetDateTime::now_utc();
+        store
+            .update_job(id, None, Some(lease), |r| {
+                r.job.start(vec![], 1, now).map(Some)
+            })
+            .await?;
+        let (completed, cancelled) = tokio::join!(
+            store.update_job(id, None, Some(lease), |r| r
+                .job
+                .complete(1, "/d".into(), now, now)
+                .map(Some)),
+            store.update_job(id, None, None, |r| r
+                .job
+                .cancel(CancelReason::UserCancelled, now)
+                .map(Some)),
+        );
+        assert!(
+            completed.is_ok() != cancelled.is_ok(),
+            "exactly one ending wins"
+        );
+        completions += usize::from(completed.is_ok());
+        let status = store.load_job(id).await?.unwrap().job.status;
+        assert_eq!(status == JobStatus::Completed, completed.is_ok());
+    }
+    // On the wire: per job, exactly one terminal event.
+    let terminal_per_job = collector.await?;
+    assert_eq!(terminal_per_job.len(), rounds);
+    assert!(terminal_per_job.values().all(|n| *n == 1));
+    eprintln!("{completions} of {rounds} races were won by completion");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_and_the_per_user_limit() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let first = new_record();
+    assert_eq!(
+        store.create_job(&first, 2, Some("k1")).await?,
+        CreateOutcome::Created
+    );
+    let again = new_record();
+    assert_eq!(
+        store.create_job(&again, 2, Some("k1")).await?,
+        CreateOutcome::Existing(first.job.id)
+    );
+    assert!(
+        store.load_job(again.job.id).await?.is_none(),
+        "a repeated key creates nothing"
+    );
+    assert_eq!(
+        store.create_job(&new_record(), 2, None).await?,
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        store.create_job(&new_record(), 2, Some("k2")).await?,
+        CreateOutcome::Limited { active: 2 }
+    );
+    // Ending a job frees a slot.
+    let now = OffsetDateTime::now_utc();
+    store
+        .update_job(first.job.id, None, None, |r| {
+            r.job.cancel(CancelReason::UserCancelled, now).map(Some)
+        })
+        .await?;
+    assert_eq!(
+        store.create_job(&new_record(), 2, Some("k2")).await?,
+        CreateOutcome::Created
+    );
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Redis restarts: nothing queued or recorded is lost, and the services recover by themselves.
+
+use std::time::Duration;
+
+use cellport_pipeline::synthetic::SyntheticSpec;
+use cellport_testkit::wait_until;
+use serde_json::json;
+
+use crate::support::{Stack, StackOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_queue_loses_no_job() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        aof: true,
+        max_active_per_user: 10,
+        ..StackOptions::default()
+    })
+    .await?;
+    let spec = SyntheticSpec {
+        images: 8,
+        width: 384,
+        height: 384,
+        cells_per_image: 8,
+        ..SyntheticSpec::default()
+    };
+    let (project, _) = stack.import_synthetic("alice", spec).await?;
+    let project = project.id.as_str();
+    let mut jobs = Vec::new();
+    for _ in 0..6 {
+        jobs.push(stack.post_export("alice", project, json!({})).await?);
+    }
+    // Some jobs are running, the rest queued: restart Redis the way a deploy does (SIGTERM flushes the AOF).
+    let running = wait_until(Duration::from_secs(30), || async {
+        let first = stack.status("alice", project, &jobs[0]).await;
+        first.is_ok_and(|s| s["progress"].as_f64().unwrap_or(0.0) > 0.0)
+    })
+    .await;
+    assert!(running);
+    stack.redis.graceful_restart().await?;
+
+    let all_done = wait_until(Duration::from_secs(90), || async {
+        let mut done = 0;
+        for job in &jobs {
+            if let Ok(status) = stack.status("alice", project, job).await
+                && status["status"] == "completed"
+            {
+                done += 1;
+            }
+        }
+        done == jobs.len()
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for job in &jobs {
+        statuses.push(stack.status("alice", project, job).await?["status"].clone());
+    }
+    assert!(all_done, "after the restart: {statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == "completed").count() == jobs.len(),
+        "{statuses:?}"
+    );
+    let store = cellport_store::Store::connect(&stack.redis.url()).await?;
+    let drained = wait_until(Duration::from_secs(10), || async {
+        store.queue_depth().await.is_ok_and(|d| d == (0, 0))
+    })
+    .await;
+    assert!(
+        drained,
+        "queue entries left: {:?}",
+        store.queue_depth().await?
+    );
+    Ok(())
+}
