@@ -71,3 +71,43 @@ async fn a_redis_restart_mid_queue_loses_no_job() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_archives_are_deleted_and_their_records_kept() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        archive_ttl: Duration::from_secs(1),
+        ..StackOptions::default()
+    })
+    .await?;
+    let spec = SyntheticSpec {
+        images: 2,
+        width: 64,
+        height: 64,
+        cells_per_image: 2,
+        ..SyntheticSpec::default()
+    };
+    let (project, _) = stack.import_synthetic("alice", spec).await?;
+    let project = project.id.as_str();
+    let job = stack.post_export("alice", project, json!({})).await?;
+    let expired = wait_until(Duration::from_secs(20), || async {
+        stack
+            .status("alice", project, &job)
+            .await
+            .is_ok_and(|s| s["expired"] == true)
+    })
+    .await;
+    assert!(expired, "{}", stack.status("alice", project, &job).await?);
+    let status = stack.status("alice", project, &job).await?;
+    assert_eq!(status["status"], "completed", "the record stays in history");
+    assert!(status["downloadUrl"].is_null());
+    let archives = std::fs::read_dir(stack.data.path().join("archives"))?.count();
+    assert_eq!(archives, 0, "the archive file is gone");
+    let download = stack
+        .http
+        .get(stack.url(&format!("/api/projects/{project}/export/{job}/download")))
+        .bearer_auth(stack.token("alice"))
+        .send()
+        .await?;
+    assert_eq!(download.status(), 410);
+    Ok(())
+}

@@ -26,6 +26,8 @@ pub struct StackOptions {
     pub max_active_per_user: u64,
     /// Redis with AOF, for tests that restart it.
     pub aof: bool,
+    /// How long archives of the in-process worker are kept.
+    pub archive_ttl: Duration,
 }
 
 impl Default for StackOptions {
@@ -34,6 +36,7 @@ impl Default for StackOptions {
             worker: true,
             max_active_per_user: 2,
             aof: false,
+            archive_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -92,6 +95,8 @@ impl Stack {
             let worker_config = WorkerConfig {
                 lease_ttl: Duration::from_secs(2),
                 reclaim_after: Duration::from_secs(3),
+                archive_ttl: options.archive_ttl,
+                sweep_every: Duration::from_millis(200),
                 ..WorkerConfig::new(redis.url(), data.path())
             };
             let stop = shutdown.clone();

@@ -144,6 +144,9 @@ pub struct ExportJob {
     pub expires_at: Option<OffsetDateTime>,
     pub processing_time_ms: Option<u64>,
     pub attempts: u32,
+    /// The archive was deleted after `expiresAt`; the record stays for history.
+    #[serde(default)]
+    pub expired: bool,
     /// Bumped by every stored change; events carry the same number.
     pub seq: u64,
     pub options: ExportOptions,
@@ -199,6 +202,7 @@ impl ExportJob {
             expires_at: None,
             processing_time_ms: None,
             attempts: 0,
+            expired: false,
             seq: 0,
             options,
         }
@@ -328,6 +332,13 @@ impl ExportJob {
             failed_at: now,
             progress: self.progress,
         }))
+    }
+
+    /// Retention removed the archive: the job stays completed, its download is gone.
+    pub fn expire(&mut self) {
+        self.expired = true;
+        self.download_url = None;
+        self.message = Some("archive expired".to_owned());
     }
 
     pub fn cancel(

@@ -321,6 +321,7 @@ impl Store {
                     keys::job(record.job.id),
                     keys::job_items(record.job.id),
                     keys::user_active(&record.job.user_id),
+                    keys::ARCHIVES.to_owned(),
                 ],
                 vec![
                     Value::from(expected as i64),
@@ -331,6 +332,17 @@ impl Store {
                     Value::from(lease.map(|l| l.fence.to_string()).unwrap_or_default()),
                     Value::from(keys::CANCEL_CHANNEL),
                     Value::from(record.job.id.to_string()),
+                    Value::from(
+                        record
+                            .job
+                            .expires_at
+                            .filter(|_| record.job.status == cellport_core::JobStatus::Completed)
+                            .map(|t| {
+                                ((t - OffsetDateTime::UNIX_EPOCH).whole_milliseconds() as i64)
+                                    .to_string()
+                            })
+                            .unwrap_or_default(),
+                    ),
                 ],
             )
             .await
@@ -371,5 +383,47 @@ impl Store {
             }
         }
         Err(UpdateError::Contended)
+    }
+}
+
+impl Store {
+    /// Takes the retention sweeper's lock for `ttl` (one sweeper at a time across the fleet).
+    pub async fn try_lock_sweeper(
+        &self,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let set: Option<String> = self
+            .client()
+            .set(
+                keys::SWEEPER_LOCK,
+                holder,
+                Some(fred::types::Expiration::PX(ttl.as_millis() as i64)),
+                Some(fred::types::SetOptions::NX),
+                false,
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Completed jobs whose archives expired by now, at most `limit`.
+    pub async fn expired_archives(&self, limit: u64) -> Result<Vec<JobId>, StoreError> {
+        let ids: Vec<String> = self
+            .client()
+            .zrangebyscore(
+                keys::ARCHIVES,
+                "-inf",
+                now_ms() as f64,
+                false,
+                Some((0, limit as i64)),
+            )
+            .await?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// Takes a job off the expiry schedule once its archive is gone.
+    pub async fn forget_archive(&self, id: JobId) -> Result<(), StoreError> {
+        let _: i64 = self.client().zrem(keys::ARCHIVES, id.to_string()).await?;
+        Ok(())
     }
 }

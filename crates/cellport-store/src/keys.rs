@@ -6,6 +6,10 @@ use cellport_core::{JobId, ProjectId, UserId};
 pub(crate) const QUEUE_STREAM: &str = "cellport:queue";
 /// The consumer group all workers read the queue through.
 pub(crate) const QUEUE_GROUP: &str = "workers";
+/// Completed job id → when its archive expires (ms since the epoch).
+pub(crate) const ARCHIVES: &str = "cellport:archives";
+/// Held by the one worker that runs the retention sweep.
+pub(crate) const SWEEPER_LOCK: &str = "cellport:sweeper";
 /// Worker name → last heartbeat (ms since the epoch).
 pub(crate) const WORKERS: &str = "cellport:workers";
 /// The pub/sub channel of every job event.

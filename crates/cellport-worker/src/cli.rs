@@ -34,6 +34,9 @@ struct Args {
     /// How long a dead worker's job waits before another worker takes it over.
     #[arg(long, env = "CELLPORT_RECLAIM_AFTER", default_value = "15s", value_parser = parse_duration)]
     reclaim_after: Duration,
+    /// How often expired archives are looked for.
+    #[arg(long, env = "CELLPORT_SWEEP_EVERY", default_value = "60s", value_parser = parse_duration)]
+    sweep_every: Duration,
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
 }
@@ -50,6 +53,7 @@ pub fn main() -> anyhow::Result<()> {
         name: args.name,
         lease_ttl: args.lease_ttl,
         reclaim_after: args.reclaim_after,
+        sweep_every: args.sweep_every,
         ..defaults
     };
     tokio::runtime::Runtime::new()?.block_on(run(config, shutdown_signal()))

@@ -6,6 +6,7 @@
 pub mod cli;
 mod job;
 mod progress;
+mod retention;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,6 +44,8 @@ pub struct WorkerConfig {
     /// How long a job's queue entry may go unrefreshed before another worker takes it over
     /// (longer than `lease_ttl`).
     pub reclaim_after: Duration,
+    /// How often expired archives are looked for.
+    pub sweep_every: Duration,
 }
 
 impl WorkerConfig {
@@ -57,6 +60,7 @@ impl WorkerConfig {
             name: None,
             lease_ttl: Duration::from_secs(10),
             reclaim_after: Duration::from_secs(15),
+            sweep_every: Duration::from_secs(60),
         }
     }
 }
@@ -167,6 +171,13 @@ pub async fn run(
         running: Mutex::default(),
     });
     tokio::spawn(listen_for_cancellations(cancellations, state.clone()));
+    tokio::spawn(retention::sweep_forever(
+        state.store.clone(),
+        state.storage.clone(),
+        name.clone(),
+        config.sweep_every,
+        stop.clone(),
+    ));
     tracing::info!(worker = %name, concurrency = config.concurrency, "worker started");
     let concurrency = config.concurrency.max(1);
     let monitor = Monitor::new()

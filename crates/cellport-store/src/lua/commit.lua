@@ -2,6 +2,7 @@
 -- KEYS[1]  the job hash
 -- KEYS[2]  the job's checkpoint hash (dropped when the job ends)
 -- KEYS[3]  the owner's set of active jobs (the job leaves it when it ends)
+-- KEYS[4]  the archives' expiry schedule
 -- ARGV[1]  the seq the writer read (compare-and-set)
 -- ARGV[2]  the new status
 -- ARGV[3]  the new record (MessagePack)
@@ -10,6 +11,7 @@
 -- ARGV[6]  the writer's lease fence, or '' for a writer without a lease (the api)
 -- ARGV[7]  the cancellations channel
 -- ARGV[8]  the job id
+-- ARGV[9]  when the archive expires (ms), or '' 
 -- Returns the new seq, -1 when the job does not exist, -2 when the seq moved on,
 -- -3 when the job is in a state that admits no change, -4 when the writer's lease is gone.
 local cur = redis.call('HGET', KEYS[1], 'seq')
@@ -31,6 +33,7 @@ if new == 'completed' or new == 'failed' or new == 'cancelled' then
   redis.call('SREM', KEYS[3], ARGV[8])
   redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_expires')
   if new == 'cancelled' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+  if new == 'completed' and ARGV[9] ~= '' then redis.call('ZADD', KEYS[4], ARGV[9], ARGV[8]) end
 elseif new == 'pending' then
   -- Handed back: the next worker may take it at once.
   redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_expires')

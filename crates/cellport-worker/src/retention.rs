@@ -1,0 +1,70 @@
+//! Retention: archives past `CELLPORT_ARCHIVE_TTL` are deleted; their records stay, marked expired.
+//!
+//! Every worker runs the loop, but only the holder of a short Redis lock sweeps in a given
+//! round, so one sweeper works at a time across the fleet.
+
+use std::time::Duration;
+
+use cellport_pipeline::Storage;
+use cellport_store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Jobs expired per round; the next round takes the rest.
+const BATCH: u64 = 100;
+
+pub(crate) async fn sweep_forever(
+    store: Store,
+    storage: Storage,
+    worker: String,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.try_lock_sweeper(&worker, every).await {
+            Ok(true) => {
+                if let Err(e) = sweep(&store, &storage).await {
+                    tracing::warn!(error = %e, "retention sweep failed");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "retention lock unavailable"),
+        }
+    }
+}
+
+/// One round: deletes expired archives and marks their jobs expired.
+pub(crate) async fn sweep(
+    store: &Store,
+    storage: &Storage,
+) -> Result<usize, cellport_store::StoreError> {
+    let expired = store.expired_archives(BATCH).await?;
+    for &job_id in &expired {
+        if let Some(record) = store.load_job(job_id).await? {
+            if let Some(archive) = &record.archive
+                && let Err(e) = storage.remove_archive(archive).await
+            {
+                tracing::warn!(job_id = %job_id, error = %e, "removing an expired archive failed");
+                continue;
+            }
+            let _ = storage.staging(job_id).remove().await;
+            let marked = store
+                .update_job(job_id, Some(record), None, |r| {
+                    r.job.expire();
+                    Ok::<_, std::convert::Infallible>(None)
+                })
+                .await;
+            if let Err(e) = marked {
+                tracing::warn!(job_id = %job_id, error = %e, "marking a job expired failed");
+                continue;
+            }
+            tracing::info!(job_id = %job_id, "archive expired and removed");
+        }
+        store.forget_archive(job_id).await?;
+    }
+    Ok(expired.len())
+}
