@@ -155,7 +155,18 @@ async fn a_killed_workers_job_is_resumed_from_its_checkpoints() -> anyhow::Resul
         "worker A checkpointed {checkpointed} items"
     );
 
+    let killed_at = Instant::now();
     let worker_b = stack.spawn_worker("worker-b", "2s", "3s")?;
+    let (resumed, restarted) = events_until(&mut ws, &job, Duration::from_secs(60), |e| {
+        e["event"] == "export:started"
+    })
+    .await;
+    assert!(restarted, "nobody took the job over: {}", worker_b.log());
+    eprintln!(
+        "reclaim after SIGKILL (lease 2 s, reclaim after 3 s): {} ms",
+        killed_at.elapsed().as_millis()
+    );
+    events.extend(resumed);
     let (rest, finished) = events_until(&mut ws, &job, Duration::from_secs(90), is_terminal).await;
     events.extend(rest);
     assert!(

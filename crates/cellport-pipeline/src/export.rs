@@ -38,7 +38,7 @@ use crate::metrics::{
 use crate::names::{ImageEntryName, StemAllocator};
 use crate::source::{ProjectSource, SourceError};
 use crate::storage::Staging;
-use crate::visualize::{decode_for_display, encode_png, render_visualization};
+use crate::visualize::{decode_for_display, encode_png, render_visualization_in_place};
 
 /// Bytes read per write when copying into the archive; also the granularity of its progress.
 const COPY_CHUNK: usize = 256 * 1024;
@@ -518,9 +518,12 @@ fn compute_item(
     if wants_metrics(options) {
         staged.metrics = Some(measure_image(file_name, &image.id, &prepared));
     }
-    let png = original.and_then(|bytes| match decode_for_display(&bytes) {
-        Ok(base) => Some(encode_png(&render_visualization(
-            &base,
+    // The encoded bytes go as soon as they are decoded, and the drawing reuses the decoded
+    // buffer: an item holds about two image-sized buffers at its peak.
+    let decoded = original.map(|bytes| decode_for_display(&bytes));
+    let png = decoded.and_then(|decoded| match decoded {
+        Ok(base) => Some(encode_png(&render_visualization_in_place(
+            base,
             &prepared,
             &options.visualization_options,
         ))),

@@ -79,7 +79,9 @@ pub fn decode_for_display(bytes: &[u8]) -> Result<RgbImage, ImageError> {
             let (samples, channels) = float_to_16bit(image.as_raw(), 4);
             stretch_16bit(&samples, channels, true, width, height)
         }
-        // Every 8-bit layout (and anything added to the enum later) converts without rescaling.
+        // Already what we draw on: moved, not copied (images are tens of MB).
+        DynamicImage::ImageRgb8(_) => return Ok(decoded.into_rgb8()),
+        // Every other 8-bit layout (and anything added to the enum later) converts without rescaling.
         _ => decoded.to_rgb8(),
     };
     Ok(stretched)
@@ -96,7 +98,16 @@ pub fn render_visualization(
     prepared: &PreparedImage,
     options: &VisualizationOptions,
 ) -> RgbImage {
-    let mut canvas = base.clone();
+    render_visualization_in_place(base.clone(), prepared, options)
+}
+
+/// [`render_visualization`] drawing straight onto `canvas`, for callers that no longer need the
+/// undecorated image: one image-sized buffer fewer per render.
+pub fn render_visualization_in_place(
+    mut canvas: RgbImage,
+    prepared: &PreparedImage,
+    options: &VisualizationOptions,
+) -> RgbImage {
     let external = options.polygon_colors.external;
     let internal = options.polygon_colors.internal;
     let alpha = options.transparency.clamp(0.0, 1.0) as f32;

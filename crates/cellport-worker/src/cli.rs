@@ -56,5 +56,11 @@ pub fn main() -> anyhow::Result<()> {
         sweep_every: args.sweep_every,
         ..defaults
     };
-    tokio::runtime::Runtime::new()?.block_on(run(config, shutdown_signal()))
+    // A small blocking pool: file IO and item rendering run there, and every extra thread keeps
+    // its own allocator arena of freed image buffers.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(config.item_parallelism + 2)
+        .build()?
+        .block_on(run(config, shutdown_signal()))
 }
