@@ -405,3 +405,51 @@ async fn cancelled_jobs_stop_leave_nothing_and_never_complete() -> anyhow::Resul
     eprintln!("cancel → export:cancelled in {} ms", latency.as_millis());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_failing_fails_after_three_attempts() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let spec = SyntheticSpec {
+        images: 3,
+        width: 64,
+        height: 64,
+        cells_per_image: 2,
+        ..SyntheticSpec::default()
+    };
+    let (project, _) = stack.import_synthetic("alice", spec).await?;
+    // An image file lost from the store: every attempt fails reading it.
+    let files = stack
+        .data
+        .path()
+        .join("projects")
+        .join(project.id.as_str())
+        .join("files");
+    std::fs::remove_file(files.join("2"))?;
+    let mut ws = stack.ws("alice").await?;
+    let job = stack
+        .post_export("alice", project.id.as_str(), json!({}))
+        .await?;
+    let (events, ended) = events_until(&mut ws, &job, Duration::from_secs(60), is_terminal).await;
+    assert!(ended);
+    let failed = events.last().unwrap();
+    assert_eq!(failed["event"], "export:failed");
+    let error = failed["data"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("after 3 attempts") && error.contains("cells_002.png"),
+        "{error}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "export:started")
+            .count(),
+        3
+    );
+    let status = stack.status("alice", project.id.as_str(), &job).await?;
+    assert_eq!(
+        (status["status"].as_str(), status["attempts"].as_u64()),
+        (Some("failed"), Some(3))
+    );
+    assert_eq!(status["errorMessage"].as_str(), Some(error));
+    Ok(())
+}

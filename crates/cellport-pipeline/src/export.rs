@@ -66,6 +66,8 @@ pub enum ExportError {
     CheckpointRefused,
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("image {name} cannot be read from the project: {reason}")]
+    ImageUnavailable { name: String, reason: String },
     #[error("reading image {name}: {source}")]
     ReadImage {
         name: String,
@@ -376,7 +378,7 @@ where
     };
     if input.options.include_original_images {
         for (image, name) in input.images.iter().zip(&names) {
-            let file = input.source.open_image(&input.project.id, image).await?;
+            let file = open_image(input, image).await?;
             archive
                 .copy(
                     &format!("images/{}", name.file_name()),
@@ -450,6 +452,27 @@ where
     })
 }
 
+/// Opens an original; a failure names the image, not the store's internal path.
+async fn open_image(
+    input: &ExportInput<'_>,
+    image: &ImageRecord,
+) -> Result<tokio::fs::File, ExportError> {
+    input
+        .source
+        .open_image(&input.project.id, image)
+        .await
+        .map_err(|e| {
+            let reason = match e {
+                SourceError::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            ExportError::ImageUnavailable {
+                name: image.name.clone(),
+                reason,
+            }
+        })
+}
+
 /// Processes one image and stages what it produced.
 async fn process_item<'i>(
     input: &ExportInput<'_>,
@@ -460,7 +483,7 @@ async fn process_item<'i>(
     check_cancel(ctx.cancel)?;
     let options = input.options;
     let original = if options.include_visualizations {
-        let mut file = input.source.open_image(&input.project.id, image).await?;
+        let mut file = open_image(input, image).await?;
         let mut bytes = Vec::with_capacity(image.size_bytes as usize);
         file.read_to_end(&mut bytes)
             .await

@@ -16,7 +16,7 @@ use cellport_store::{EventSubscriber, ExportRequest, JobQueue, QueueConfig, Stor
 use cellport_testkit::{RedisOptions, RedisServer, wait_until};
 use time::OffsetDateTime;
 
-const JOBS: usize = 20_000;
+const JOBS: usize = 50_000;
 const CONCURRENCY: usize = 100;
 
 async fn count(_: ExportRequest, done: Data<Arc<AtomicUsize>>) -> Result<(), BoxDynError> {

@@ -345,6 +345,7 @@ async fn attempt(
             | ExportError::Zip(_)
             | ExportError::Source(_)
             | ExportError::ReadImage { .. }
+            | ExportError::ImageUnavailable { .. }
             | ExportError::Xlsx(_)),
         ) => {
             let message = e.to_string();
