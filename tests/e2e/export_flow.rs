@@ -136,3 +136,116 @@ async fn export_streams_events_to_its_owner_only_and_downloads_a_complete_zip() 
     )?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_images_and_invalid_polygons_are_warnings_not_failures() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let spec = SyntheticSpec {
+        images: 3,
+        width: 96,
+        height: 96,
+        cells_per_image: 3,
+        hole_every: 0,
+        ..SyntheticSpec::default()
+    };
+    // A degenerate polygon (two points) in image 1, imported as given.
+    let source_dir = stack.data.path().join("source-bad");
+    let coco_path = cellport_pipeline::synthetic::write_project(&source_dir, &spec)?;
+    let mut coco: Value = serde_json::from_slice(&std::fs::read(&coco_path)?)?;
+    coco["annotations"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"image_id": 1, "category_id": 1, "segmentation": [[5, 5, 9, 9]]}));
+    std::fs::write(&coco_path, serde_json::to_vec(&coco)?)?;
+    let report = cellport_pipeline::import::import_project(
+        &cellport_pipeline::FileProjectStore::new(stack.data.path()),
+        cellport_pipeline::import::ImportRequest {
+            owner: "alice".parse()?,
+            name: "Damaged".into(),
+            scale: None,
+            images_dir: source_dir.clone(),
+            coco_file: coco_path,
+        },
+    )
+    .await?;
+    let project = report.project.id.as_str();
+    // Image 2's stored file is damaged after import.
+    let stored = stack
+        .data
+        .path()
+        .join("projects")
+        .join(project)
+        .join("files")
+        .join("2");
+    std::fs::write(&stored, b"this is not a png")?;
+
+    let mut ws = stack.ws("alice").await?;
+    let job = stack
+        .post_export("alice", project, json!({ "options": every_option() }))
+        .await?;
+    let mut last = Value::Null;
+    while let Some(event) = ws.next_event(Duration::from_secs(30)).await {
+        let done = event["event"] == "export:completed" || event["event"] == "export:failed";
+        last = event;
+        if done {
+            break;
+        }
+    }
+    assert_eq!(last["event"], "export:completed", "{last}");
+    let status = stack.status("alice", project, &job).await?;
+    let warnings: Vec<&str> = status["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("cells_001.png") && w.contains("polygon 4")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("cells_002.png") && w.contains("unreadable")),
+        "{warnings:?}"
+    );
+
+    let bytes = stack
+        .http
+        .get(stack.url(status["downloadUrl"].as_str().unwrap()))
+        .bearer_auth(stack.token("alice"))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let entries = read_zip(bytes.to_vec()).await?;
+    assert_eq!(
+        entries["images/cells_002.png"].bytes, b"this is not a png",
+        "the original bytes are kept"
+    );
+    assert!(!entries.contains_key("visualizations/cells_002_viz.png"));
+    assert!(entries.contains_key("visualizations/cells_001_viz.png"));
+    let label = String::from_utf8(
+        entries["annotations/yolo/labels/cells_002.txt"]
+            .bytes
+            .clone(),
+    )?;
+    assert_eq!(
+        label.lines().count(),
+        3,
+        "annotations of the unreadable image stay"
+    );
+    let coco: Value = serde_json::from_slice(&entries["annotations/coco/annotations.json"].bytes)?;
+    assert_eq!(
+        coco["annotations"].as_array().unwrap().len(),
+        9,
+        "the degenerate polygon is left out"
+    );
+    let metadata: Value = serde_json::from_slice(&entries["documentation/metadata.json"].bytes)?;
+    assert_eq!(metadata["warnings"], status["warnings"]);
+    assert_eq!(metadata["imageCount"], 3);
+    Ok(())
+}

@@ -171,7 +171,7 @@ fn main() {
     // As the worker runs it: a small blocking pool (see cellport-worker's `cli.rs`).
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(parallelism() + 2)
+        .max_blocking_threads(parallelism().max(2))
         .build()
         .expect("runtime")
         .block_on(run());
@@ -244,14 +244,19 @@ async fn run() {
         let data = tmp.path().join("data-rss");
         let (store, project) = import(&data, &dir, coco).await;
         let before = peak_rss_mb();
-        let every = ExportOptions {
-            annotation_formats: serde_json::from_value(json!(["coco", "yolo", "json"])).unwrap(),
-            metrics_formats: serde_json::from_value(json!(["excel", "csv", "json"])).unwrap(),
-            ..ExportOptions::default()
+        // Every option on, unless CELLPORT_BENCH_OPTIONS gives the export options as JSON.
+        let every = match std::env::var("CELLPORT_BENCH_OPTIONS") {
+            Ok(raw) => ExportOptions::parse(&serde_json::from_str(&raw).unwrap()).unwrap(),
+            Err(_) => ExportOptions {
+                annotation_formats: serde_json::from_value(json!(["coco", "yolo", "json"]))
+                    .unwrap(),
+                metrics_formats: serde_json::from_value(json!(["excel", "csv", "json"])).unwrap(),
+                ..ExportOptions::default()
+            },
         };
         let took = export_once(&store, &data, &project, &every, &tmp.path().join("rss.zip")).await;
         println!(
-            "every option on, {} images 2048x2048 ({gb} GB): {:.1} s, peak RSS {:.0} MB (before the export: {before:.0} MB)",
+            "{} images 2048x2048 ({gb} GB): {:.1} s, peak RSS {:.0} MB (before the export: {before:.0} MB)",
             project.image_count,
             took.as_secs_f64(),
             peak_rss_mb()

@@ -38,7 +38,8 @@ use crate::metrics::{
 use crate::names::{ImageEntryName, StemAllocator};
 use crate::source::{ProjectSource, SourceError};
 use crate::storage::Staging;
-use crate::visualize::{decode_for_display, encode_png, render_visualization_in_place};
+use crate::visualize::{decode_for_display_from, encode_png, render_visualization_in_place};
+use image::ImageError;
 
 /// Bytes read per write when copying into the archive; also the granularity of its progress.
 const COPY_CHUNK: usize = 256 * 1024;
@@ -482,30 +483,28 @@ async fn process_item<'i>(
 ) -> Result<&'i ImageRecord, ExportError> {
     check_cancel(ctx.cancel)?;
     let options = input.options;
+    // The original is read, decoded, drawn on, encoded and staged on one blocking thread, so no
+    // image-sized buffer is copied between the runtime and the pool.
     let original = if options.include_visualizations {
-        let mut file = open_image(input, image).await?;
-        let mut bytes = Vec::with_capacity(image.size_bytes as usize);
-        file.read_to_end(&mut bytes)
-            .await
-            .map_err(|source| ExportError::ReadImage {
-                name: image.name.clone(),
-                source,
-            })?;
-        Some(bytes)
+        Some(open_image(input, image).await?.into_std().await)
     } else {
         None
     };
     let owned_image = image.clone();
     let owned_options = options.clone();
     let file_name = name.file_name();
-    let (staged, png) = tokio::task::spawn_blocking(move || {
-        compute_item(&owned_image, &file_name, &owned_options, original)
+    let viz_path = ctx.staging.path(&staged_viz_name(image));
+    let staged = tokio::task::spawn_blocking(move || {
+        compute_item(
+            &owned_image,
+            &file_name,
+            &owned_options,
+            original,
+            &viz_path,
+        )
     })
     .await
-    .map_err(|e| ExportError::Io(std::io::Error::other(e)))?;
-    if let Some(png) = png {
-        ctx.staging.write(&staged_viz_name(image), &png).await?;
-    }
+    .map_err(|e| ExportError::Io(std::io::Error::other(e)))??;
     let bytes = serde_json::to_vec(&staged).expect("staged items serialize");
     ctx.staging.write(&staged_item_name(image), &bytes).await?;
     Ok(image)
@@ -516,8 +515,9 @@ fn compute_item(
     image: &ImageRecord,
     file_name: &str,
     options: &ExportOptions,
-    original: Option<Vec<u8>>,
-) -> (StagedImage, Option<Vec<u8>>) {
+    original: Option<std::fs::File>,
+    viz_path: &Path,
+) -> Result<StagedImage, ExportError> {
     let (prepared, hole_parents) = prepare_image_with_hole_parents(image);
     let mut staged = StagedImage {
         warnings: prepared.warnings.clone(),
@@ -541,25 +541,48 @@ fn compute_item(
     if wants_metrics(options) {
         staged.metrics = Some(measure_image(file_name, &image.id, &prepared));
     }
-    // The encoded bytes go as soon as they are decoded, and the drawing reuses the decoded
-    // buffer: an item holds about two image-sized buffers at its peak.
-    let decoded = original.map(|bytes| decode_for_display(&bytes));
-    let png = decoded.and_then(|decoded| match decoded {
-        Ok(base) => Some(encode_png(&render_visualization_in_place(
-            base,
-            &prepared,
-            &options.visualization_options,
-        ))),
-        Err(e) => {
-            staged.warnings.push(format!(
+    if let Some(file) = original {
+        // Decoded straight from the file: the encoded bytes are never held beside the pixels,
+        // and the drawing reuses the decoded buffer.
+        match decode_for_display_from(std::io::BufReader::new(file)) {
+            Ok(base) => {
+                let png = encode_png(&render_visualization_in_place(
+                    base,
+                    &prepared,
+                    &options.visualization_options,
+                ));
+                write_atomically(viz_path, &png)?;
+                staged.has_visualization = true;
+            }
+            // A failing disk is worth a retry; a truncated or garbled file is just unreadable.
+            Err(ImageError::IoError(source))
+                if !matches!(
+                    source.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                return Err(ExportError::ReadImage {
+                    name: image.name.clone(),
+                    source,
+                });
+            }
+            Err(e) => staged.warnings.push(format!(
                 "image {} unreadable ({e}): no visualization",
                 image.name
-            ));
-            None
+            )),
         }
-    });
-    staged.has_visualization = png.is_some();
-    (staged, png)
+    }
+    Ok(staged)
+}
+
+/// Writes a staged file whole: a temp name, then a rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The annotation and metrics files, built in staging from the staged items.

@@ -61,7 +61,15 @@ static LABEL_FONT: LazyLock<FontRef<'static>> = LazyLock::new(|| {
 /// Floating-point images are first spread over `0..=65535` from their finite minimum to maximum
 /// and then stretched the same way.
 pub fn decode_for_display(bytes: &[u8]) -> Result<RgbImage, ImageError> {
-    let decoded = ImageReader::new(Cursor::new(bytes))
+    decode_for_display_from(Cursor::new(bytes))
+}
+
+/// [`decode_for_display`] reading from a file or any seekable reader, so the encoded image
+/// never sits in memory beside the decoded one.
+pub fn decode_for_display_from<R: std::io::BufRead + std::io::Seek>(
+    reader: R,
+) -> Result<RgbImage, ImageError> {
+    let decoded = ImageReader::new(reader)
         .with_guessed_format()
         .map_err(ImageError::IoError)?
         .decode()?;
@@ -164,7 +172,8 @@ pub fn render_visualization_in_place(
 /// If `image` has a zero width or height, which PNG cannot represent and which no decoded
 /// image has.
 pub fn encode_png(image: &RgbImage) -> Vec<u8> {
-    let mut bytes = Vec::new();
+    // Sized for the worst case (noise barely compresses), so the buffer never doubles mid-encode.
+    let mut bytes = Vec::with_capacity(image.as_raw().len() + image.as_raw().len() / 64 + 1024);
     let encoder =
         PngEncoder::new_with_quality(&mut bytes, CompressionType::Fast, FilterType::Adaptive);
     image

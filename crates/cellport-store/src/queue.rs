@@ -103,6 +103,23 @@ impl StreamPersistence {
         }
     }
 
+    /// Records that `worker` is alive now.
+    async fn beat(&self, worker: &WorkerContext) -> Result<(), StoreError> {
+        let _: () = self
+            .store
+            .client()
+            .zadd(
+                keys::WORKERS,
+                None,
+                None,
+                false,
+                false,
+                (now_ms() as f64, worker.name()),
+            )
+            .await?;
+        Ok(())
+    }
+
     fn reclaim_due(&self) -> bool {
         let mut last = self.last_reclaim.lock().expect("reclaim clock");
         let due = last.is_none_or(|t| t.elapsed() >= self.config.reclaim_every);
@@ -212,12 +229,18 @@ impl StreamPersistence {
     }
 
     async fn ack(&self, ids: Vec<String>) -> Result<u64, StoreError> {
+        self.on_entries(&self.store.scripts.ack, ids).await
+    }
+
+    /// Runs one of the entry scripts (`ack.lua`, `handback.lua`) over `ids` of the group.
+    async fn on_entries(
+        &self,
+        script: &fred::types::scripts::Script,
+        ids: Vec<String>,
+    ) -> Result<u64, StoreError> {
         let mut args = vec![Value::from(keys::QUEUE_GROUP)];
         args.extend(ids.into_iter().map(Value::from));
-        Ok(self
-            .store
-            .scripts
-            .ack
+        Ok(script
             .evalsha_with_reload(self.store.client(), vec![keys::QUEUE_STREAM], args)
             .await?)
     }
@@ -233,19 +256,7 @@ impl Persistence for StreamPersistence {
         loop {
             let registered = async {
                 self.ensure_group().await?;
-                let _: () = self
-                    .store
-                    .client()
-                    .zadd(
-                        keys::WORKERS,
-                        None,
-                        None,
-                        false,
-                        false,
-                        (now_ms() as f64, worker.name()),
-                    )
-                    .await?;
-                Ok::<_, StoreError>(())
+                self.beat(worker).await
             };
             match registered.await {
                 Ok(()) => return Ok(()),
@@ -258,19 +269,7 @@ impl Persistence for StreamPersistence {
     }
 
     async fn heartbeat(&mut self, worker: &WorkerContext) -> Result<(), StoreError> {
-        let beat: Result<(), _> = self
-            .store
-            .client()
-            .zadd(
-                keys::WORKERS,
-                None,
-                None,
-                false,
-                false,
-                (now_ms() as f64, worker.name()),
-            )
-            .await;
-        if let Err(e) = beat {
+        if let Err(e) = self.beat(worker).await {
             tracing::warn!(worker = worker.name(), error = %e, "heartbeat failed");
         }
         Ok(())
@@ -359,14 +358,7 @@ impl StreamPersistence {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut args = vec![Value::from(keys::QUEUE_GROUP)];
-        args.extend(ids.into_iter().map(Value::from));
-        let n: u64 = self
-            .store
-            .scripts
-            .handback
-            .evalsha_with_reload(self.store.client(), vec![keys::QUEUE_STREAM], args)
-            .await?;
+        let n = self.on_entries(&self.store.scripts.handback, ids).await?;
         tracing::info!(
             worker = worker.name(),
             entries = n,

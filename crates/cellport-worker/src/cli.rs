@@ -56,11 +56,12 @@ pub fn main() -> anyhow::Result<()> {
         sweep_every: args.sweep_every,
         ..defaults
     };
-    // A small blocking pool: file IO and item rendering run there, and every extra thread keeps
-    // its own allocator arena of freed image buffers.
+    // A blocking pool as small as the item parallelism: file IO and item rendering run there, and
+    // every extra thread keeps its own allocator arena of freed image buffers (docs/benchmarks.md:
+    // 693 MB peak with tokio's default pool, 178 MB with this one, same export).
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(config.item_parallelism + 2)
+        .max_blocking_threads(config.item_parallelism.max(2))
         .build()?
         .block_on(run(config, shutdown_signal()))
 }
