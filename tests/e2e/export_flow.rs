@@ -249,3 +249,63 @@ async fn unreadable_images_and_invalid_polygons_are_warnings_not_failures() -> a
     assert_eq!(metadata["imageCount"], 3);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selected_images_are_the_export_in_project_order() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let spec = SyntheticSpec {
+        images: 4,
+        width: 64,
+        height: 64,
+        cells_per_image: 2,
+        ..SyntheticSpec::default()
+    };
+    let (project, _) = stack.import_synthetic("alice", spec).await?;
+    let project = project.id.as_str();
+    let mut ws = stack.ws("alice").await?;
+    let options = json!({"options": {"selectedImageIds": ["3", "1"], "annotationFormats": ["coco"], "metricsFormats": ["csv"]}});
+    let job = stack.post_export("alice", project, options).await?;
+    while let Some(event) = ws.next_event(Duration::from_secs(30)).await {
+        if event["event"] == "export:completed" {
+            break;
+        }
+    }
+    let status = stack.status("alice", project, &job).await?;
+    assert_eq!(status["status"], "completed");
+    let bytes = stack
+        .http
+        .get(stack.url(status["downloadUrl"].as_str().unwrap()))
+        .bearer_auth(stack.token("alice"))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let entries = read_zip(bytes.to_vec()).await?;
+    let images: Vec<&str> = entries
+        .keys()
+        .filter(|k| k.starts_with("images/"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(images, ["images/cells_001.png", "images/cells_003.tif"]);
+    let coco: Value = serde_json::from_slice(&entries["annotations/coco/annotations.json"].bytes)?;
+    let names: Vec<&str> = coco["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["file_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["cells_001.png", "cells_003.tif"],
+        "project order, not request order"
+    );
+    let csv = String::from_utf8(entries["metrics/metrics.csv"].bytes.clone())?;
+    assert_eq!(
+        csv.lines().count(),
+        1 + 4,
+        "two cells in each of the two selected images"
+    );
+    let metadata: Value = serde_json::from_slice(&entries["documentation/metadata.json"].bytes)?;
+    assert_eq!(metadata["imageCount"], 2);
+    Ok(())
+}
