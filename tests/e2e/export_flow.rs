@@ -213,15 +213,7 @@ async fn unreadable_images_and_invalid_polygons_are_warnings_not_failures() -> a
         "{warnings:?}"
     );
 
-    let bytes = stack
-        .http
-        .get(stack.url(status["downloadUrl"].as_str().unwrap()))
-        .bearer_auth(stack.token("alice"))
-        .send()
-        .await?
-        .bytes()
-        .await?;
-    let entries = read_zip(bytes.to_vec()).await?;
+    let entries = stack.download("alice", &status).await?;
     assert_eq!(
         entries["images/cells_002.png"].bytes, b"this is not a png",
         "the original bytes are kept"
@@ -272,15 +264,7 @@ async fn selected_images_are_the_export_in_project_order() -> anyhow::Result<()>
     }
     let status = stack.status("alice", project, &job).await?;
     assert_eq!(status["status"], "completed");
-    let bytes = stack
-        .http
-        .get(stack.url(status["downloadUrl"].as_str().unwrap()))
-        .bearer_auth(stack.token("alice"))
-        .send()
-        .await?
-        .bytes()
-        .await?;
-    let entries = read_zip(bytes.to_vec()).await?;
+    let entries = stack.download("alice", &status).await?;
     let images: Vec<&str> = entries
         .keys()
         .filter(|k| k.starts_with("images/"))

@@ -6,7 +6,7 @@ use cellport_pipeline::synthetic::SyntheticSpec;
 use cellport_store::Store;
 use serde_json::{Value, json};
 
-use crate::archive::{check_archive, every_option, read_zip, source_images};
+use crate::archive::{check_archive, every_option, source_images};
 use crate::support::{Stack, StackOptions, WsClient};
 
 /// Enough work that a job runs for a few seconds in a debug build, one item at a time.
@@ -108,23 +108,8 @@ async fn download_and_check(
     source_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let status = stack.status("alice", project, job).await?;
-    let url = status["downloadUrl"]
-        .as_str()
-        .expect("completed job has a download url");
-    let bytes = stack
-        .http
-        .get(stack.url(url))
-        .bearer_auth(stack.token("alice"))
-        .send()
-        .await?
-        .bytes()
-        .await?;
-    check_archive(
-        &read_zip(bytes.to_vec()).await?,
-        &source_images(source_dir)?,
-        source_dir,
-        project,
-    )
+    let entries = stack.download("alice", &status).await?;
+    check_archive(&entries, &source_images(source_dir)?, source_dir, project)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

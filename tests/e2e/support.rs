@@ -1,5 +1,6 @@
 //! A whole Cellport stack for one test: private Redis, data dir, api, gateway and (optionally) a worker.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+
+use crate::archive::{Entry, read_zip};
 
 pub const SECRET: &str = "test-secret";
 
@@ -193,6 +196,29 @@ impl Stack {
             .await?
             .json()
             .await?)
+    }
+
+    /// Downloads a completed job's archive (from its status) and reads every entry.
+    pub async fn download(
+        &self,
+        user: &str,
+        status: &Value,
+    ) -> anyhow::Result<BTreeMap<String, Entry>> {
+        let url = status["downloadUrl"]
+            .as_str()
+            .context("the job has no download url")?;
+        let response = self
+            .http
+            .get(self.url(url))
+            .bearer_auth(self.token(user))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "download answered {}",
+            response.status()
+        );
+        read_zip(response.bytes().await?.to_vec()).await
     }
 
     pub fn url(&self, path: &str) -> String {
