@@ -4,18 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use cellport_api::{ApiConfig, run};
-use cellport_runtime::{LogFormat, init_tracing, shutdown_signal};
+use cellport_runtime::{LogFormat, RedisArgs, init_tracing, shutdown_signal};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Cellport HTTP API")]
 struct Args {
-    #[arg(
-        long,
-        env = "CELLPORT_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
@@ -45,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let config = ApiConfig {
-        redis_url: args.redis_url,
+        redis_url: args.redis.redis_url,
         data_dir: args.data_dir,
         jwt_secret: args.jwt_secret,
         events_url: args.events_url,

@@ -5,6 +5,17 @@ pub mod redis;
 
 use std::time::Duration;
 
+/// Where Redis is: the one flag every binary takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    #[arg(
+        long,
+        env = "CELLPORT_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+}
+
 /// How logs are written: `text` for people, `json` for log shippers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {

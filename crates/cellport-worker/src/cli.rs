@@ -4,18 +4,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{WorkerConfig, run};
-use cellport_runtime::{LogFormat, init_tracing, parse_duration, shutdown_signal};
+use cellport_runtime::{LogFormat, RedisArgs, init_tracing, parse_duration, shutdown_signal};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Cellport export worker")]
 struct Args {
-    #[arg(
-        long,
-        env = "CELLPORT_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     #[arg(long, env = "CELLPORT_WORKER_CONCURRENCY", default_value_t = 2)]
@@ -45,7 +41,7 @@ struct Args {
 pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
-    let defaults = WorkerConfig::new(args.redis_url, args.data_dir);
+    let defaults = WorkerConfig::new(args.redis.redis_url, args.data_dir);
     let config = WorkerConfig {
         concurrency: args.concurrency,
         item_parallelism: args.item_parallelism.unwrap_or(defaults.item_parallelism),

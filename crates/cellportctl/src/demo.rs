@@ -9,6 +9,7 @@ use cellport_api::JwtKeys;
 use cellport_pipeline::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
+use cellport_runtime::RedisArgs;
 use clap::Args;
 use serde_json::json;
 
@@ -18,13 +19,9 @@ use crate::stack::{LocalStack, StackConfig};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Used when it answers; otherwise a private redis-server is started for the demo.
-    #[arg(
-        long,
-        env = "CELLPORT_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
+    // Used when it answers; otherwise a private redis-server is started for the demo.
+    #[command(flatten)]
+    redis: RedisArgs,
     /// Where the demo's projects and archives go (a temp dir, removed afterwards, when omitted).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -49,7 +46,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     eprintln!("starting redis (if needed), the api, a gateway and two workers…");
     let stack = LocalStack::start(StackConfig {
-        redis_url: args.redis_url.clone(),
+        redis_url: args.redis.redis_url.clone(),
         redis_dir: None,
         data_dir: data_dir.clone(),
         jwt_secret: secret.clone(),

@@ -13,7 +13,9 @@ use cellport_api::JwtKeys;
 use cellport_core::{ProjectId, UserId};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::{FileProjectStore, ProjectSource};
-use cellport_runtime::{LogFormat, init_tracing_with_default, parse_duration, shutdown_signal};
+use cellport_runtime::{
+    LogFormat, RedisArgs, init_tracing_with_default, parse_duration, shutdown_signal,
+};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
@@ -90,12 +92,8 @@ enum ProjectCommand {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    #[arg(
-        long,
-        env = "CELLPORT_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     /// Generated (and printed) when not given.
@@ -241,7 +239,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let stack = LocalStack::start(StackConfig {
-        redis_url: args.redis_url,
+        redis_url: args.redis.redis_url,
         redis_dir: Some(args.data_dir.join("redis")),
         data_dir: args.data_dir,
         jwt_secret: secret,
