@@ -316,6 +316,42 @@ impl ExportJob {
         }))
     }
 
+    /// Records how much of the archive a download has sent (`fraction` of its bytes): overall
+    /// 80–100, never down. A finished download is `phase: completed` at 100. `None` when the
+    /// job is not completed with its archive available, or when nothing moved.
+    pub fn download_progress(&mut self, fraction: f64, now: OffsetDateTime) -> Option<ExportEvent> {
+        if self.status != JobStatus::Completed
+            || self.phase != Phase::Downloading
+            || self.expired
+            || !fraction.is_finite()
+        {
+            return None;
+        }
+        let fraction = fraction.clamp(0.0, 1.0);
+        let phase_progress = fraction * 100.0;
+        if phase_progress <= self.phase_progress {
+            return None;
+        }
+        self.phase_progress = phase_progress;
+        self.progress = PROCESSING_SHARE + (100.0 - PROCESSING_SHARE) * fraction;
+        if fraction >= 1.0 {
+            self.phase = Phase::Completed;
+            self.progress = 100.0;
+            self.message = Some("downloaded".to_owned());
+        }
+        Some(ExportEvent::Progress(ProgressData {
+            common: self.common(now),
+            progress: self.progress,
+            phase: self.phase,
+            phase_progress: self.phase_progress,
+            current_task: None,
+            task_progress: None,
+            items_completed: self.items_completed,
+            items_total: self.items_total,
+            estimated_time_remaining_ms: None,
+        }))
+    }
+
     pub fn fail(
         &mut self,
         error: String,
@@ -422,5 +458,31 @@ mod tests {
         assert_eq!(j.phase_progress, 0.0);
         assert_eq!(ev.name(), "export:completed");
         assert_eq!(j.attempts, 1);
+    }
+
+    #[test]
+    fn downloads_move_from_eighty_to_one_hundred_and_never_back() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let mut j = job();
+        assert!(j.download_progress(0.5, now).is_none(), "not completed yet");
+        j.start(vec![], 3, now).unwrap();
+        j.complete(10, "/d".into(), now, now).unwrap();
+        let ev = j.download_progress(0.5, now).unwrap();
+        assert_eq!(ev.name(), "export:progress");
+        assert_eq!(
+            (j.progress, j.phase, j.phase_progress),
+            (90.0, Phase::Downloading, 50.0)
+        );
+        assert!(
+            j.download_progress(0.25, now).is_none(),
+            "a second, slower download"
+        );
+        j.download_progress(1.0, now).unwrap();
+        assert_eq!(
+            (j.progress, j.phase, j.phase_progress),
+            (100.0, Phase::Completed, 100.0)
+        );
+        assert!(j.download_progress(1.0, now).is_none());
+        assert_eq!(j.status, Completed);
     }
 }

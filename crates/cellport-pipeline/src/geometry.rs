@@ -70,6 +70,15 @@ pub fn check_polygon(points: &[Point]) -> Result<(), InvalidPolygon> {
     Ok(())
 }
 
+/// How many of the image's external polygons are valid: the cells an export will number.
+pub fn valid_external_count(image: &ImageRecord) -> usize {
+    image
+        .polygons
+        .iter()
+        .filter(|p| p.kind == PolygonKind::External && check_polygon(&p.points).is_ok())
+        .count()
+}
+
 /// A linear scan instead of sorting: only the first three distinct points matter.
 fn has_three_distinct_points(points: &[Point]) -> bool {
     let Some(&first) = points.first() else {

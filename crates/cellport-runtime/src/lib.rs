@@ -65,6 +65,16 @@ pub async fn shutdown_signal() {
 }
 
 /// Parses durations like `500ms`, `30s`, `10m`, `24h`, `7d`.
+/// This machine's host name (the container's, in a pod), or `"unknown"`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

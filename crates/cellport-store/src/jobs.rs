@@ -8,9 +8,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cellport_core::{ExportEvent, JobId, JobRecord};
+use cellport_core::{ExportEvent, JobId, JobRecord, ProjectId, UserId};
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
 use time::OffsetDateTime;
 
 use crate::events::Envelope;
@@ -26,6 +27,7 @@ pub(crate) struct Scripts {
     pub(crate) acquire: Arc<Script>,
     pub(crate) renew: Arc<Script>,
     pub(crate) checkpoint: Arc<Script>,
+    pub(crate) stats: Arc<Script>,
 }
 
 impl Scripts {
@@ -39,6 +41,7 @@ impl Scripts {
             acquire: script(include_str!("lua/acquire.lua")),
             renew: script(include_str!("lua/renew.lua")),
             checkpoint: script(include_str!("lua/checkpoint.lua")),
+            stats: script(include_str!("lua/stats.lua")),
         }
     }
 }
@@ -73,6 +76,9 @@ pub enum LeaseError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// How long a user's recent-jobs index remembers a job after its last change.
+pub(crate) const RECENT_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// How long idempotency keys are remembered.
 const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
@@ -134,7 +140,6 @@ impl Store {
         idempotency_key: Option<&str>,
     ) -> Result<CreateOutcome, StoreError> {
         let job = &record.job;
-        let score = (job.created_at - OffsetDateTime::UNIX_EPOCH).whole_milliseconds() as f64;
         let idem_key = idempotency_key.map(|k| keys::idempotency(&job.user_id, k));
         let (code, value): (i64, String) = self
             .scripts
@@ -146,11 +151,11 @@ impl Store {
                     keys::project_jobs(&job.project_id),
                     keys::user_active(&job.user_id),
                     idem_key.clone().unwrap_or_else(|| keys::job(job.id)),
+                    keys::STATS.to_owned(),
                 ],
                 vec![
                     Value::from(job.status.as_str()),
                     Value::Bytes(encode(record)),
-                    Value::from(score),
                     Value::from(job.id.to_string()),
                     Value::from(limit as i64),
                     Value::from(if idem_key.is_some() { "1" } else { "0" }),
@@ -245,7 +250,7 @@ impl Store {
             .checkpoint
             .evalsha_with_reload(
                 self.client(),
-                vec![keys::job(id), keys::job_items(id)],
+                vec![keys::job(id), keys::job_items(id), keys::STATS.to_owned()],
                 vec![
                     Value::from(lease.fence as i64),
                     Value::from(item),
@@ -295,6 +300,101 @@ impl Store {
             .transpose()
     }
 
+    /// The job's record and its latest event, read together.
+    pub async fn job_with_event(
+        &self,
+        id: JobId,
+    ) -> Result<Option<(JobRecord, Option<Envelope>)>, StoreError> {
+        let key = keys::job(id);
+        let (seq, record, event): (Option<u64>, Option<Bytes>, Option<Bytes>) = self
+            .client()
+            .hmget(&key, vec!["seq", "record", "event"])
+            .await?;
+        let (Some(seq), Some(record)) = (seq, record) else {
+            return Ok(None);
+        };
+        let mut record: JobRecord =
+            rmp_serde::from_slice(&record).map_err(|e| StoreError::corrupt(&key, e))?;
+        record.job.seq = seq;
+        let event = event
+            .map(|b| Envelope::decode(&b).map_err(|e| StoreError::corrupt(&key, e)))
+            .transpose()?;
+        Ok(Some((record, event)))
+    }
+
+    /// A page of a project's export history, newest first: up to `limit` jobs created before
+    /// the job `before` (the previous page's cursor), and the cursor of the next page.
+    pub async fn history(
+        &self,
+        project: &ProjectId,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<(Vec<JobRecord>, Option<JobId>), StoreError> {
+        let start = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let ids: Vec<String> = self
+            .client()
+            .custom(
+                CustomCommand::new_static("ZRANGE", ClusterHash::FirstKey, false),
+                vec![
+                    Value::from(keys::project_jobs(project)),
+                    Value::from(start),
+                    Value::from("-"),
+                    Value::from("BYLEX"),
+                    Value::from("REV"),
+                    Value::from("LIMIT"),
+                    Value::from(0),
+                    Value::from(limit as i64 + 1),
+                ],
+            )
+            .await?;
+        let more = ids.len() > limit;
+        let ids: Vec<JobId> = ids
+            .iter()
+            .take(limit)
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        let records =
+            futures::future::try_join_all(ids.iter().map(|id| self.load_job(*id))).await?;
+        let next = if more { ids.last().copied() } else { None };
+        Ok((records.into_iter().flatten().collect(), next))
+    }
+
+    /// The jobs `user` may see that changed in the last day, newest first, at most `limit`,
+    /// together with the user's own jobs that have not ended.
+    pub async fn recent_jobs(&self, user: &UserId, limit: usize) -> Result<Vec<JobId>, StoreError> {
+        let (recent, active): (Vec<String>, Vec<String>) = tokio::try_join!(
+            self.client().zrange(
+                keys::user_recent(user),
+                0,
+                limit as i64 - 1,
+                None,
+                true,
+                None,
+                false
+            ),
+            self.client().smembers(keys::user_active(user)),
+        )?;
+        let mut ids: Vec<JobId> = Vec::with_capacity(recent.len() + active.len());
+        for id in recent.iter().chain(&active) {
+            if let Ok(id) = id.parse()
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Publishes an envelope without storing it. Only for load tools and benchmarks of the
+    /// event path: a real event goes through [`Store::commit`].
+    pub async fn publish_unstored(&self, envelope: &Envelope) -> Result<(), StoreError> {
+        let _: i64 = self
+            .client()
+            .publish(keys::EVENTS_CHANNEL, envelope.encode())
+            .await?;
+        Ok(())
+    }
+
     /// Writes `record` (and publishes `event`) if nobody wrote the job since `record.job.seq` was read.
     ///
     /// On success the record's and the event's `seq` are the new seq. A worker passes its lease;
@@ -312,17 +412,26 @@ impl Store {
             ev.common_mut().seq = seq;
             Envelope::of(record, ev).encode()
         });
+        let duration = record
+            .job
+            .processing_time_ms
+            .filter(|_| record.job.status == cellport_core::JobStatus::Completed)
+            .map(|ms| (crate::stats::duration_bucket(ms), ms));
         let result: i64 = self
             .scripts
             .commit
             .evalsha_with_reload(
                 self.client(),
-                vec![
+                [
                     keys::job(record.job.id),
                     keys::job_items(record.job.id),
                     keys::user_active(&record.job.user_id),
                     keys::ARCHIVES.to_owned(),
-                ],
+                    keys::STATS.to_owned(),
+                ]
+                .into_iter()
+                .chain(record.audience.iter().map(keys::user_recent))
+                .collect::<Vec<_>>(),
                 vec![
                     Value::from(expected as i64),
                     Value::from(record.job.status.as_str()),
@@ -343,6 +452,15 @@ impl Store {
                             })
                             .unwrap_or_default(),
                     ),
+                    Value::from(now_ms()),
+                    Value::from(RECENT_WINDOW.as_millis() as i64),
+                    Value::from(
+                        duration
+                            .clone()
+                            .map(|(bucket, _)| bucket)
+                            .unwrap_or_default(),
+                    ),
+                    Value::from(duration.map(|(_, ms)| ms as i64).unwrap_or_default()),
                 ],
             )
             .await

@@ -12,6 +12,10 @@ pub(crate) const ARCHIVES: &str = "cellport:archives";
 pub(crate) const SWEEPER_LOCK: &str = "cellport:sweeper";
 /// Worker name → last heartbeat (ms since the epoch).
 pub(crate) const WORKERS: &str = "cellport:workers";
+/// Worker name → the host it runs on.
+pub(crate) const WORKER_HOSTS: &str = "cellport:worker_hosts";
+/// Fleet-wide counters: jobs by status, events published, items processed, job durations.
+pub(crate) const STATS: &str = "cellport:stats";
 /// The pub/sub channel of every job event.
 pub const EVENTS_CHANNEL: &str = "cellport:events";
 /// The pub/sub channel on which a cancelled job's id is announced to the workers.
@@ -40,4 +44,9 @@ pub(crate) fn user_active(user: &UserId) -> String {
 /// A user's idempotency key → the job it created.
 pub(crate) fn idempotency(user: &UserId, key: &str) -> String {
     format!("cellport:idem:{user}:{key}")
+}
+
+/// The jobs a user may see that changed lately, by when they last changed (ms).
+pub(crate) fn user_recent(user: &UserId) -> String {
+    format!("cellport:user:{user}:recent")
 }

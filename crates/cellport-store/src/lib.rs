@@ -10,6 +10,7 @@ pub mod events;
 mod jobs;
 mod keys;
 pub mod queue;
+mod stats;
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub use events::{Envelope, EventSubscriber};
 pub use jobs::{CommitError, CreateOutcome, Lease, LeaseError, UpdateError};
 pub use keys::{CANCEL_CHANNEL, EVENTS_CHANNEL};
 pub use queue::{ExportRequest, JobQueue, QueueConfig};
+pub use stats::{DURATION_BUCKETS, FleetStats, WORKER_ALIVE, WorkerStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -44,6 +44,8 @@ pub struct ExportRequest {
 pub struct QueueConfig {
     /// Unique per worker process: the consumer name in the group.
     pub worker_name: String,
+    /// The host the worker runs on, shown in the queue stats.
+    pub host: String,
     /// How long one `XREADGROUP` waits for an entry.
     pub block: Duration,
     pub heartbeat: Duration,
@@ -60,6 +62,7 @@ impl QueueConfig {
     pub fn new(worker_name: impl Into<String>) -> QueueConfig {
         QueueConfig {
             worker_name: worker_name.into(),
+            host: String::new(),
             block: Duration::from_secs(1),
             heartbeat: Duration::from_secs(5),
             batch: 1,
@@ -105,6 +108,16 @@ impl StreamPersistence {
 
     /// Records that `worker` is alive now.
     async fn beat(&self, worker: &WorkerContext) -> Result<(), StoreError> {
+        if !self.config.host.is_empty() {
+            let _: () = self
+                .store
+                .client()
+                .hset(
+                    keys::WORKER_HOSTS,
+                    (worker.name(), self.config.host.as_str()),
+                )
+                .await?;
+        }
         let _: () = self
             .store
             .client()
@@ -469,7 +482,8 @@ impl<Args> Backend for JobQueue<Args> {
             let name = worker.name().to_owned();
             self.cleanup = Some(
                 async move {
-                    let _: () = store.client().zrem(keys::WORKERS, name).await?;
+                    let _: () = store.client().zrem(keys::WORKERS, &name).await?;
+                    let _: () = store.client().hdel(keys::WORKER_HOSTS, &name).await?;
                     Ok(())
                 }
                 .boxed()

@@ -82,14 +82,12 @@ pub(crate) struct WorkerState {
 
 /// A worker name unique across the fleet: host, pid and a random suffix.
 pub fn default_worker_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "worker".to_owned());
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    format!("{host}-{}-{suffix}", std::process::id())
+    format!(
+        "{}-{}-{suffix}",
+        cellport_runtime::host_name(),
+        std::process::id()
+    )
 }
 
 async fn connect_with_retry(url: &str, shutdown: &CancellationToken) -> anyhow::Result<Store> {
@@ -154,6 +152,7 @@ pub async fn run(
     });
     let store = connect_with_retry(&config.redis_url, &stop).await?;
     let mut queue_config = QueueConfig::new(name.clone());
+    queue_config.host = cellport_runtime::host_name();
     queue_config.reclaim_idle = config
         .reclaim_after
         .max(config.lease_ttl + Duration::from_secs(1));

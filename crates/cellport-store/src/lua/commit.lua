@@ -3,6 +3,8 @@
 -- KEYS[2]  the job's checkpoint hash (dropped when the job ends)
 -- KEYS[3]  the owner's set of active jobs (the job leaves it when it ends)
 -- KEYS[4]  the archives' expiry schedule
+-- KEYS[5]  the fleet's counters (jobs by status, events published, job durations)
+-- KEYS[6…] the recent-jobs index of each user in the job's audience
 -- ARGV[1]  the seq the writer read (compare-and-set)
 -- ARGV[2]  the new status
 -- ARGV[3]  the new record (MessagePack)
@@ -11,7 +13,11 @@
 -- ARGV[6]  the writer's lease fence, or '' for a writer without a lease (the api)
 -- ARGV[7]  the cancellations channel
 -- ARGV[8]  the job id
--- ARGV[9]  when the archive expires (ms), or '' 
+-- ARGV[9]  when the archive expires (ms), or ''
+-- ARGV[10] now (ms): the score in the recent-jobs indexes
+-- ARGV[11] how long a recent-jobs index remembers a job (ms)
+-- ARGV[12] the duration histogram's bucket field when the job completes, or ''
+-- ARGV[13] the job's processing time (ms) when it completes
 -- Returns the new seq, -1 when the job does not exist, -2 when the seq moved on,
 -- -3 when the job is in a state that admits no change, -4 when the writer's lease is gone.
 local cur = redis.call('HGET', KEYS[1], 'seq')
@@ -26,8 +32,22 @@ redis.call('HSET', KEYS[1], 'seq', seq, 'status', ARGV[2], 'record', ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[1], 'event', ARGV[4])
   redis.call('PUBLISH', ARGV[5], ARGV[4])
+  redis.call('HINCRBY', KEYS[5], 'events_published', 1)
 end
 local new = ARGV[2]
+if new ~= status then
+  redis.call('HINCRBY', KEYS[5], 'jobs:' .. status, -1)
+  redis.call('HINCRBY', KEYS[5], 'jobs:' .. new, 1)
+  if new == 'completed' and ARGV[12] ~= '' then
+    redis.call('HINCRBY', KEYS[5], ARGV[12], 1)
+    redis.call('HINCRBY', KEYS[5], 'duration_ms_sum', tonumber(ARGV[13]))
+  end
+end
+local now = tonumber(ARGV[10])
+for i = 6, #KEYS do
+  redis.call('ZADD', KEYS[i], now, ARGV[8])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[11]))
+end
 if new == 'completed' or new == 'failed' or new == 'cancelled' then
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[3], ARGV[8])

@@ -204,3 +204,93 @@ async fn idempotency_keys_and_the_per_user_limit() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_newest_first_without_gaps_or_repeats() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let mut created = Vec::new();
+    for _ in 0..7 {
+        let record = new_record();
+        created.push(record.job.id);
+        store.create_job(&record, 100, None).await?;
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = store.history(&"p1".parse()?, cursor, 3).await?;
+        assert!(page.len() <= 3);
+        seen.extend(page.iter().map(|r| r.job.id));
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    created.reverse();
+    assert_eq!(seen, created, "every job once, newest first");
+    let (other, next) = store.history(&"p2".parse()?, None, 3).await?;
+    assert!(other.is_empty() && next.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_follow_every_status_change() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let now = OffsetDateTime::now_utc();
+    let (done, dropped) = (new_record(), new_record());
+    for record in [&done, &dropped] {
+        store.create_job(record, 100, None).await?;
+    }
+    let stats = store.fleet_stats().await?;
+    assert_eq!(stats.jobs_with("pending"), 2);
+
+    store
+        .update_job(done.job.id, None, None, |r| {
+            r.job.start(vec![], 1, now).map(Some)
+        })
+        .await?;
+    store
+        .update_job(done.job.id, None, None, |r| {
+            r.job
+                .complete(1, "/d".into(), now, now + time::Duration::seconds(3))
+                .map(Some)
+        })
+        .await?;
+    // A download-phase update keeps the job completed: it must not count twice.
+    store
+        .update_job(done.job.id, None, None, |r| {
+            Ok::<_, std::convert::Infallible>(r.job.download_progress(1.0, now))
+        })
+        .await?;
+    store
+        .update_job(dropped.job.id, None, None, |r| {
+            r.job.cancel(CancelReason::UserCancelled, now).map(Some)
+        })
+        .await?;
+
+    let stats = store.fleet_stats().await?;
+    assert_eq!(stats.jobs_with("pending"), 0);
+    assert_eq!(stats.jobs_with("processing"), 0);
+    assert_eq!(stats.jobs_with("completed"), 1);
+    assert_eq!(stats.jobs_with("cancelled"), 1);
+    assert_eq!(stats.events_published, 4);
+    let completed: u64 = stats.duration_buckets.iter().map(|(_, n)| n).sum();
+    assert_eq!(completed, 1);
+    assert_eq!(
+        stats.duration_buckets[1],
+        (5.0, 1),
+        "3 s falls in the 5 s bucket"
+    );
+    assert!(stats.workers.is_empty());
+    assert_eq!(stats.oldest_queued_age, None);
+
+    let bob: cellport_core::UserId = "bob".parse()?;
+    let recent = store.recent_jobs(&bob, 10).await?;
+    assert_eq!(
+        recent,
+        vec![dropped.job.id, done.job.id],
+        "newest change first"
+    );
+    Ok(())
+}
