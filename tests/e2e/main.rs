@@ -5,4 +5,5 @@ mod archive;
 mod export_flow;
 mod fleet;
 mod persistence;
+mod public_api;
 mod support;

@@ -233,6 +233,43 @@ impl Stack {
         )
     }
 
+    pub fn admin_token(&self, user: &str) -> String {
+        self.keys.mint(
+            &user.parse::<UserId>().unwrap(),
+            true,
+            Duration::from_secs(600),
+        )
+    }
+
+    /// An authorized GET of an API path.
+    pub async fn get(&self, user: &str, path: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(self.url(path))
+            .bearer_auth(self.token(user))
+            .send()
+            .await?)
+    }
+
+    /// Polls the job's status until `done` holds for it (or `timeout` passes); returns the last status.
+    pub async fn wait_for(
+        &self,
+        user: &str,
+        project: &str,
+        job: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status(user, project, job).await?;
+            if done(&status) || tokio::time::Instant::now() >= deadline {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Imports a synthetic project owned by `owner`; returns it and the directory of its source images.
     pub async fn import_synthetic(
         &self,

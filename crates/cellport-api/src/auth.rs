@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use cellport_core::UserId;
+use cellport_core::{JobId, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -21,6 +21,9 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Limits the token to one thing, e.g. `download:<jobId>` for a signed download URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// The signing secret, prepared once.
@@ -43,6 +46,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("token expired")]
     Expired,
+    #[error("this token is only valid for {0}")]
+    Scoped(String),
 }
 
 impl JwtKeys {
@@ -58,12 +63,39 @@ impl JwtKeys {
 
     /// Mints a token for `user`, valid for `ttl`.
     pub fn mint(&self, user: &UserId, admin: bool, ttl: Duration) -> String {
-        let exp = OffsetDateTime::now_utc().unix_timestamp() as u64 + ttl.as_secs();
-        let claims = Claims {
+        self.sign(Claims {
+            sub: user.to_string(),
+            exp: Self::expiry(ttl),
+            role: admin.then(|| "admin".to_owned()),
+            scope: None,
+        })
+    }
+
+    /// Mints a token that only downloads the archive of `job`, valid for `ttl`; returns it
+    /// with its expiry.
+    pub fn mint_download(
+        &self,
+        user: &UserId,
+        job: JobId,
+        ttl: Duration,
+    ) -> (String, OffsetDateTime) {
+        let exp = Self::expiry(ttl);
+        let token = self.sign(Claims {
             sub: user.to_string(),
             exp,
-            role: admin.then(|| "admin".to_owned()),
-        };
+            role: None,
+            scope: Some(download_scope(job)),
+        });
+        let expires_at = OffsetDateTime::from_unix_timestamp(exp as i64)
+            .expect("an expiry minutes from now is a valid time");
+        (token, expires_at)
+    }
+
+    fn expiry(ttl: Duration) -> u64 {
+        OffsetDateTime::now_utc().unix_timestamp() as u64 + ttl.as_secs()
+    }
+
+    fn sign(&self, claims: Claims) -> String {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.inner.0)
             .expect("HS256 signing does not fail")
     }
@@ -86,8 +118,14 @@ impl JwtKeys {
         Ok(Caller {
             user,
             admin: data.claims.role.as_deref() == Some("admin"),
+            scope: data.claims.scope,
         })
     }
+}
+
+/// The scope of a token that downloads one job's archive.
+pub fn download_scope(job: JobId) -> String {
+    format!("download:{job}")
 }
 
 /// An authenticated caller.
@@ -95,7 +133,20 @@ impl JwtKeys {
 pub struct Caller {
     pub user: UserId,
     pub admin: bool,
+    /// What a limited token is limited to; `None` for a full token.
+    pub scope: Option<String>,
 }
+
+impl Caller {
+    /// Whether the token allows `scope` (a full token allows everything).
+    pub fn allows(&self, scope: &str) -> bool {
+        self.scope.as_deref().is_none_or(|s| s == scope)
+    }
+}
+
+/// A caller whose token may be limited to one thing; the handler checks [`Caller::allows`].
+#[derive(Debug, Clone)]
+pub struct ScopedCaller(pub Caller);
 
 /// The token of a request: the bearer header first, then the `token` query parameter.
 pub fn token_from_parts(parts: &Parts) -> Option<String> {
@@ -125,9 +176,25 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Caller, ApiError> {
+        let ScopedCaller(caller) = ScopedCaller::from_request_parts(parts, state).await?;
+        match caller.scope {
+            Some(scope) => Err(AuthError::Scoped(scope).into()),
+            None => Ok(caller),
+        }
+    }
+}
+
+impl<S> FromRequestParts<S> for ScopedCaller
+where
+    S: Send + Sync,
+    JwtKeys: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<ScopedCaller, ApiError> {
         let keys = JwtKeys::from_ref(state);
         let token = token_from_parts(parts).ok_or(AuthError::Missing)?;
-        Ok(keys.verify(&token)?)
+        Ok(ScopedCaller(keys.verify(&token)?))
     }
 }
 
@@ -143,13 +210,20 @@ mod tests {
         assert_eq!(
             keys.verify(&token).unwrap(),
             Caller {
-                user: alice,
-                admin: true
+                user: alice.clone(),
+                admin: true,
+                scope: None,
             }
         );
         let other = JwtKeys::new("other").unwrap();
         assert!(matches!(other.verify(&token), Err(AuthError::Invalid(_))));
         assert!(matches!(keys.verify("garbage"), Err(AuthError::Invalid(_))));
+
+        let job = JobId::new();
+        let (download, _) = keys.mint_download(&alice, job, Duration::from_secs(60));
+        let caller = keys.verify(&download).unwrap();
+        assert!(caller.allows(&download_scope(job)));
+        assert!(!caller.allows(&download_scope(JobId::new())));
     }
 
     #[test]
@@ -159,6 +233,7 @@ mod tests {
             sub: "bob".into(),
             exp: 1_000,
             role: None,
+            scope: None,
         };
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.inner.0).unwrap();

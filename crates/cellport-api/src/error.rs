@@ -16,6 +16,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds for a `Retry-After` header (429).
     pub retry_after: Option<u64>,
+    /// A `Content-Range` header (416 names the archive's length).
+    pub content_range: Option<String>,
 }
 
 impl ApiError {
@@ -26,6 +28,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            content_range: None,
         }
     }
 
@@ -45,7 +48,19 @@ impl ApiError {
             message: format!("{field}: {}", message.into()),
             field: Some(field),
             retry_after: None,
+            content_range: None,
         }
+    }
+
+    /// A query parameter that cannot be used.
+    pub fn bad_parameter(name: &str, message: impl std::fmt::Display) -> ApiError {
+        let mut error = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            format!("{name}: {message}"),
+        );
+        error.field = Some(name.to_owned());
+        error
     }
 
     pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -70,6 +85,14 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
+        if let Some(range) = self
+            .content_range
+            .and_then(|r| axum::http::HeaderValue::from_str(&r).ok())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONTENT_RANGE, range);
+        }
         response
     }
 }
@@ -80,6 +103,7 @@ impl From<AuthError> for ApiError {
             AuthError::Missing => "missing_token",
             AuthError::Invalid(_) => "invalid_token",
             AuthError::Expired => "token_expired",
+            AuthError::Scoped(_) => "token_scoped",
         };
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }

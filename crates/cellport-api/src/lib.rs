@@ -2,21 +2,28 @@
 //! and streams downloads; job state lives in Redis, archives in storage.
 
 pub mod auth;
+mod download;
 pub mod error;
+mod ops;
 mod routes;
+mod waits;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::FromRef;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post};
 use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
-use cellport_store::{ExportRequest, JobQueue, Store};
+use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
 use tokio::net::TcpListener;
 
 pub use auth::{Caller, JwtKeys};
+pub use waits::JobWaits;
+
+/// The largest request body accepted (an export's options with 100 000 selected ids fit).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -39,6 +46,8 @@ pub struct AppState {
     pub jwt: JwtKeys,
     pub events_url: String,
     pub max_active_per_user: u64,
+    /// Requests long-polling a job's status, woken by its events.
+    pub waits: Arc<JobWaits>,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -48,9 +57,14 @@ impl FromRef<AppState> for JwtKeys {
 }
 
 impl AppState {
+    /// Connects to Redis and starts listening for job events (for long-polls).
     pub async fn connect(config: &ApiConfig) -> anyhow::Result<AppState> {
         let store = Store::connect(&config.redis_url).await?;
+        let waits = Arc::new(JobWaits::default());
+        let subscriber = EventSubscriber::connect(&config.redis_url).await?;
+        tokio::spawn(waits.clone().listen(subscriber));
         Ok(AppState {
+            waits,
             queue: JobQueue::producer(store.clone()),
             store,
             source: Arc::new(FileProjectStore::new(&config.data_dir)),
@@ -78,9 +92,21 @@ pub fn router(state: AppState) -> Router {
             "/api/projects/{project}/export/{job}/download",
             get(routes::download),
         )
+        .route(
+            "/api/projects/{project}/export/{job}/download-token",
+            post(routes::download_token),
+        )
+        .route(
+            "/api/projects/{project}/export/history",
+            get(routes::history),
+        )
+        .route("/api/projects/{project}/images", get(routes::list_images))
+        .route("/api/queue/stats", get(ops::queue_stats))
+        .route("/metrics", get(ops::metrics))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .fallback(routes::fallback)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 

@@ -4,20 +4,26 @@ use std::collections::HashSet;
 
 use apalis_core::backend::TaskSink;
 use axum::Json;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use cellport_core::{
     CancelReason, ExportJob, ExportOptions, JobId, JobRecord, JobStatus, Project, ProjectId,
 };
 use cellport_store::{CreateOutcome, ExportRequest, UpdateError};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio_util::io::ReaderStream;
+use time::format_description::well_known::Rfc3339;
+use tokio::time::Instant;
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, ScopedCaller, download_scope};
+use crate::download::{self, Selection};
 use crate::error::ApiError;
 
 /// What a 429 tells the client to wait before trying again.
@@ -127,8 +133,19 @@ pub(crate) async fn start_export(
     caller: Caller,
     Path(project): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the request body is larger than {} bytes",
+                crate::MAX_BODY_BYTES
+            ),
+        ),
+        status => ApiError::new(status, "bad_request", e.body_text()),
+    })?;
     let idempotency_key = idempotency_key(&headers)?;
     let project_id = parse_project_id(&project)?;
     let project = visible_project(&state, &caller, &project_id).await?;
@@ -223,14 +240,65 @@ pub(crate) async fn start_export(
     ))
 }
 
+/// Parses a handler's query parameters (unknown ones, like `token`, are ignored).
+fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    Query::<T>::try_from_uri(uri)
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.body_text()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// The longest a status request waits for a change.
+const MAX_WAIT: Duration = Duration::from_millis(30_000);
+
+/// `?after=SEQ&waitMs=N` waits until the job's seq passes SEQ (woken by the job's events) or
+/// N ms pass, then answers the current state.
 pub(crate) async fn export_status(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, job)): Path<(String, String)>,
+    uri: Uri,
 ) -> Result<Json<ExportJob>, ApiError> {
-    Ok(Json(
-        visible_job(&state, &caller, &project, &job).await?.job,
-    ))
+    let params: StatusQuery = query(&uri)?;
+    let job = visible_job(&state, &caller, &project, &job).await?.job;
+    let (Some(after), Some(wait_ms)) = (params.after, params.wait_ms) else {
+        return Ok(Json(job));
+    };
+    let deadline = Instant::now() + Duration::from_millis(wait_ms).min(MAX_WAIT);
+    let waiter = state.waits.wait_for(job.id);
+    let mut current = job;
+    while current.seq <= after {
+        let changed = waiter.notify.notified();
+        tokio::pin!(changed);
+        // Armed before the read: a change between the read and the wait still wakes it.
+        changed.as_mut().enable();
+        current = load_visible(&state, current.id).await?;
+        if current.seq > after {
+            break;
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                current = load_visible(&state, current.id).await?;
+                break;
+            }
+        }
+    }
+    Ok(Json(current))
+}
+
+/// Re-reads a job already authorized in this request.
+async fn load_visible(state: &AppState, id: JobId) -> Result<ExportJob, ApiError> {
+    match state.store.load_job(id).await? {
+        Some(record) => Ok(record.job),
+        None => Err(ApiError::not_found("export")),
+    }
 }
 
 pub(crate) async fn cancel_export(
@@ -285,22 +353,22 @@ fn download_file_name(job: &ExportJob) -> String {
     format!("{}_{date}.zip", name.trim_matches('.'))
 }
 
-pub(crate) async fn download(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((project, job)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let record = visible_job(&state, &caller, &project, &job).await?;
-    let (job, archive) = (record.job, record.archive);
-    match job.status {
+/// How long a signed download URL stays valid.
+const DOWNLOAD_TOKEN_TTL: Duration = Duration::from_secs(600);
+
+fn download_url(job: &ExportJob) -> String {
+    format!(
+        "/api/projects/{}/export/{}/download",
+        job.project_id, job.id
+    )
+}
+
+/// The archive of a job that may be downloaded now: 409 before completion, 410 once gone.
+fn downloadable(record: JobRecord) -> Result<(ExportJob, String), ApiError> {
+    let gone = |code, message| Err(ApiError::new(StatusCode::GONE, code, message));
+    match record.job.status {
         JobStatus::Completed => {}
-        JobStatus::Cancelled => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "cancelled",
-                "export was cancelled",
-            ));
-        }
+        JobStatus::Cancelled => return gone("cancelled", "export was cancelled"),
         JobStatus::Failed => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -316,23 +384,31 @@ pub(crate) async fn download(
             ));
         }
     }
-    if job
-        .expires_at
-        .is_some_and(|t| t <= OffsetDateTime::now_utc())
-    {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            "expired",
-            "archive has expired",
-        ));
+    let expired = record.job.expired
+        || record
+            .job
+            .expires_at
+            .is_some_and(|t| t <= OffsetDateTime::now_utc());
+    match record.archive {
+        Some(archive) if !expired => Ok((record.job, archive)),
+        _ => gone("expired", "archive has expired"),
     }
-    let Some(archive) = archive else {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            "expired",
-            "archive is no longer available",
-        ));
-    };
+}
+
+pub(crate) async fn download(
+    State(state): State<AppState>,
+    ScopedCaller(caller): ScopedCaller,
+    Path((project, job)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Ok(id) = job.parse::<JobId>()
+        && !caller.allows(&download_scope(id))
+    {
+        return Err(ApiError::from(crate::auth::AuthError::Scoped(
+            caller.scope.unwrap_or_default(),
+        )));
+    }
+    let (job, archive) = downloadable(visible_job(&state, &caller, &project, &job).await?)?;
     let (file, len) = match state.storage.open_archive(&archive).await {
         Ok(found) => found,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -344,15 +420,118 @@ pub(crate) async fn download(
         }
         Err(e) => return Err(ApiError::unavailable(e)),
     };
-    let disposition = format!("attachment; filename=\"{}\"", download_file_name(&job));
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/zip")
-        .header(header::CONTENT_LENGTH, len)
-        .header(header::CONTENT_DISPOSITION, disposition)
-        .header(header::ETAG, format!("\"{}-{}\"", job.id, len))
-        .body(Body::from_stream(ReaderStream::new(file)))
-        .map_err(ApiError::unavailable)
+    let etag = format!("\"{}-{}\"", job.id, len);
+    let selection = download::select(&headers, &etag, len);
+    let progress = (selection != Selection::Unsatisfiable)
+        .then(|| download::report_progress(state.store.clone(), job.id, len));
+    let archive = download::Archive {
+        file,
+        len,
+        etag,
+        file_name: download_file_name(&job),
+    };
+    download::respond(archive, selection, progress).await
+}
+
+/// A signed URL for a browser's native download: no header needed, valid 10 minutes, for
+/// this one archive only.
+pub(crate) async fn download_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, job)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (job, _) = downloadable(visible_job(&state, &caller, &project, &job).await?)?;
+    let (token, expires_at) = state
+        .jwt
+        .mint_download(&caller.user, job.id, DOWNLOAD_TOKEN_TTL);
+    Ok(Json(json!({
+        "url": format!("{}?token={token}", download_url(&job)),
+        "expiresAt": expires_at.format(&Rfc3339).map_err(ApiError::unavailable)?,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.limit {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::bad_parameter(
+                "limit",
+                format!("must be 1 to {max}"),
+            )),
+        }
+    }
+}
+
+/// A project's exports, newest first, a page at a time (`nextCursor` is null on the last).
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let params: PageQuery = query(&uri)?;
+    let limit = params.limit(20, 100)?;
+    let before = params
+        .before
+        .as_deref()
+        .map(|c| {
+            c.parse::<JobId>()
+                .map_err(|_| ApiError::bad_parameter("before", "not a cursor of this history"))
+        })
+        .transpose()?;
+    let project_id = parse_project_id(&project)?;
+    visible_project(&state, &caller, &project_id).await?;
+    let (records, next) = state.store.history(&project_id, before, limit).await?;
+    let items: Vec<ExportJob> = records.into_iter().map(|r| r.job).collect();
+    Ok(Json(json!({"items": items, "nextCursor": next})))
+}
+
+/// A project's images in project order, a page at a time, to build `selectedImageIds`.
+pub(crate) async fn list_images(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let params: PageQuery = query(&uri)?;
+    let limit = params.limit(100, 1000)?;
+    let start = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<usize>()
+                .map_err(|_| ApiError::bad_parameter("cursor", "not a cursor of this listing"))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    let project_id = parse_project_id(&project)?;
+    visible_project(&state, &caller, &project_id).await?;
+    let images = state.source.images(&project_id).await?;
+    let items: Vec<Value> = images
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|image| {
+            json!({
+                "id": image.id,
+                "name": image.name,
+                "width": image.width,
+                "height": image.height,
+                "polygonCount": cellport_pipeline::geometry::valid_external_count(image),
+            })
+        })
+        .collect();
+    let end = start + items.len();
+    let next = (end < images.len()).then(|| end.to_string());
+    Ok(Json(json!({"items": items, "nextCursor": next})))
 }
 
 pub(crate) async fn list_projects(
@@ -362,7 +541,7 @@ pub(crate) async fn list_projects(
     let projects = state.source.projects_visible_to(&caller.user).await?;
     let items: Vec<Value> = projects
         .iter()
-        .map(|p| json!({"id": p.id, "name": p.name, "imageCount": p.image_count, "createdAt": p.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()}))
+        .map(|p| json!({"id": p.id, "name": p.name, "imageCount": p.image_count, "createdAt": p.created_at.format(&Rfc3339).unwrap_or_default()}))
         .collect();
     Ok(Json(Value::Array(items)))
 }

@@ -1,0 +1,95 @@
+//! Long-poll wake-ups: one pub/sub subscription per API process tells the requests waiting on
+//! a job that it changed. Waiters re-read the job from Redis, so a missed or coalesced wake-up
+//! costs nothing but a read; after Redis reconnects every waiter is woken to re-read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cellport_core::JobId;
+use cellport_store::EventSubscriber;
+use cellport_store::events::decode_message;
+use tokio::sync::Notify;
+use tokio::sync::broadcast::error::RecvError;
+
+#[derive(Default)]
+pub struct JobWaits {
+    jobs: Mutex<HashMap<JobId, Arc<Notify>>>,
+}
+
+/// A request's interest in one job; dropping it withdraws the interest.
+pub struct Waiter<'a> {
+    waits: &'a JobWaits,
+    job: JobId,
+    pub notify: Arc<Notify>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut jobs = self.waits.jobs.lock().expect("waits lock");
+        // Two references: this waiter's and the map's. Then nobody else waits on the job.
+        if Arc::strong_count(&self.notify) == 2 {
+            jobs.remove(&self.job);
+        }
+    }
+}
+
+impl JobWaits {
+    pub fn wait_for(&self, job: JobId) -> Waiter<'_> {
+        let notify = self
+            .jobs
+            .lock()
+            .expect("waits lock")
+            .entry(job)
+            .or_default()
+            .clone();
+        Waiter {
+            waits: self,
+            job,
+            notify,
+        }
+    }
+
+    fn wake(&self, job: JobId) {
+        if let Some(notify) = self.jobs.lock().expect("waits lock").get(&job) {
+            notify.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for notify in self.jobs.lock().expect("waits lock").values() {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Jobs with a request waiting on them.
+    pub fn len(&self) -> usize {
+        self.jobs.lock().expect("waits lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Wakes the waiters of every job event until the subscriber closes.
+    pub async fn listen(self: Arc<Self>, subscriber: EventSubscriber) {
+        let mut messages = subscriber.messages();
+        let mut reconnections = subscriber.reconnections();
+        loop {
+            tokio::select! {
+                message = messages.recv() => match message {
+                    Ok(message) => match decode_message(&message) {
+                        Ok(envelope) => self.wake(envelope.job_id),
+                        Err(e) => tracing::warn!(error = %e, "undecodable event skipped"),
+                    },
+                    // Some events were missed: every waiter re-reads.
+                    Err(RecvError::Lagged(_)) => self.wake_all(),
+                    Err(RecvError::Closed) => break,
+                },
+                reconnected = reconnections.recv() => match reconnected {
+                    Ok(_) | Err(RecvError::Lagged(_)) => self.wake_all(),
+                    Err(RecvError::Closed) => break,
+                },
+            }
+        }
+    }
+}
