@@ -4,6 +4,7 @@ mod api_errors;
 mod archive;
 mod export_flow;
 mod fleet;
+mod gateway;
 mod persistence;
 mod public_api;
 mod support;

@@ -294,11 +294,42 @@ impl Stack {
     }
 
     pub async fn ws(&self, user: &str) -> anyhow::Result<WsClient> {
-        let url = format!("ws://{}/ws?token={}", self.gateway, self.token(user));
+        self.ws_at(self.gateway, user).await
+    }
+
+    /// A WebSocket client of the gateway at `gateway`.
+    pub async fn ws_at(&self, gateway: SocketAddr, user: &str) -> anyhow::Result<WsClient> {
+        let url = format!("ws://{gateway}/ws?token={}", self.token(user));
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .context("websocket connect")?;
-        Ok(WsClient { stream })
+        let mut client = WsClient {
+            stream,
+            early: Default::default(),
+        };
+        client.registered().await?;
+        Ok(client)
+    }
+
+    /// Another gateway instance on this stack's Redis; it stops when the token is cancelled.
+    pub async fn extra_gateway(&self) -> anyhow::Result<(SocketAddr, CancellationToken)> {
+        let listener = local_listener().await?;
+        let addr = listener.local_addr()?;
+        let config = GatewayConfig {
+            redis_url: self.redis.url(),
+            jwt_secret: SECRET.to_owned(),
+        };
+        let stop = self.shutdown.child_token();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            cellport_gateway::run(listener, config, stop.cancelled_owned()).await
+        });
+        let up = wait_until(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        anyhow::ensure!(up, "gateway did not start");
+        Ok((addr, token))
     }
 }
 
@@ -306,11 +337,60 @@ pub struct WsClient {
     stream: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    /// Frames that arrived before the answer to [`WsClient::registered`]'s ping.
+    early: std::collections::VecDeque<Value>,
 }
 
 impl WsClient {
+    /// Waits until the gateway answers a ping: the connection is then registered and gets
+    /// every later event. Frames that come first are kept for `next_event`.
+    async fn registered(&mut self) -> anyhow::Result<()> {
+        self.send(serde_json::json!({"action": "ping"})).await?;
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .context("no pong from the gateway")?
+                .context("socket closed")??;
+            if let Message::Text(text) = message {
+                let frame: Value = serde_json::from_str(text.as_str())?;
+                if frame["event"] == "pong" {
+                    return Ok(());
+                }
+                self.early.push_back(frame);
+            }
+        }
+    }
+
+    pub async fn send(&mut self, value: Value) -> anyhow::Result<()> {
+        use futures::SinkExt;
+        self.stream
+            .send(Message::Text(value.to_string().into()))
+            .await?;
+        Ok(())
+    }
+
+    /// The next message of any kind (frames, pings, close), or `None` at `timeout` or the end.
+    pub async fn next_message(&mut self, timeout: Duration) -> Option<Message> {
+        tokio::time::timeout(timeout, self.stream.next())
+            .await
+            .ok()??
+            .ok()
+    }
+
+    /// Every JSON frame that arrives until `quiet` passes without one.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.next_event(quiet).await {
+            frames.push(frame);
+        }
+        frames
+    }
+
     /// The next JSON frame, or `None` when none arrives within `timeout`.
     pub async fn next_event(&mut self, timeout: Duration) -> Option<Value> {
+        if let Some(frame) = self.early.pop_front() {
+            return Some(frame);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let message = tokio::time::timeout_at(deadline, self.stream.next())

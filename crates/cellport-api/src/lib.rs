@@ -20,6 +20,7 @@ use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
 use tokio::net::TcpListener;
 
 pub use auth::{Caller, JwtKeys};
+pub use routes::cancel_job;
 pub use waits::JobWaits;
 
 /// The largest request body accepted (an export's options with 100 000 selected ids fit).
