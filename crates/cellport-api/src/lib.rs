@@ -4,6 +4,7 @@
 pub mod auth;
 mod download;
 pub mod error;
+pub mod openapi;
 mod ops;
 mod routes;
 mod waits;
@@ -14,10 +15,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
-use axum::routing::{get, post};
 use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
 use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{Caller, JwtKeys};
 pub use routes::cancel_job;
@@ -77,35 +79,28 @@ impl AppState {
     }
 }
 
+/// Every route of the API with its OpenAPI operation: the one source of both [`router`]
+/// and [`openapi::document`]. Add routes here, through `routes!`, and nowhere else.
+pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(routes::list_projects))
+        .routes(routes!(routes::start_export))
+        .routes(routes!(routes::export_status))
+        .routes(routes!(routes::cancel_export))
+        .routes(routes!(routes::download))
+        .routes(routes!(routes::download_token))
+        .routes(routes!(routes::history))
+        .routes(routes!(routes::list_images))
+        .routes(routes!(ops::queue_stats))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(routes::healthz))
+        .routes(routes!(routes::readyz))
+        .routes(routes!(openapi::serve_document))
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/projects", get(routes::list_projects))
-        .route("/api/projects/{project}/export", post(routes::start_export))
-        .route(
-            "/api/projects/{project}/export/{job}/status",
-            get(routes::export_status),
-        )
-        .route(
-            "/api/projects/{project}/export/{job}/cancel",
-            post(routes::cancel_export),
-        )
-        .route(
-            "/api/projects/{project}/export/{job}/download",
-            get(routes::download),
-        )
-        .route(
-            "/api/projects/{project}/export/{job}/download-token",
-            post(routes::download_token),
-        )
-        .route(
-            "/api/projects/{project}/export/history",
-            get(routes::history),
-        )
-        .route("/api/projects/{project}/images", get(routes::list_images))
-        .route("/api/queue/stats", get(ops::queue_stats))
-        .route("/metrics", get(ops::metrics))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
+    let (routes, _document) = api_routes().split_for_parts();
+    routes
         .fallback(routes::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

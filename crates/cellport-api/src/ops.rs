@@ -18,9 +18,24 @@ use time::format_description::well_known::Rfc3339;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::openapi::{ErrorBody, QueueStats};
 
 const STATUSES: [&str; 5] = ["pending", "processing", "completed", "failed", "cancelled"];
 
+#[utoipa::path(
+    get,
+    path = "/api/queue/stats",
+    tag = "ops",
+    summary = "Fleet-wide queue statistics (admins)",
+    responses(
+        (status = 200, body = QueueStats,
+            description = "Job counts by status and the live workers"),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 403, description = "The token's `role` is not `admin`", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("token" = [])),
+)]
 pub(crate) async fn queue_stats(
     State(state): State<AppState>,
     caller: Caller,
@@ -59,6 +74,19 @@ pub(crate) async fn queue_stats(
 
 /// Prometheus text (OpenMetrics) of the fleet. Unauthenticated, like every scrape target:
 /// it holds counts only, no job or user data.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    summary = "Prometheus metrics",
+    description = "Queue depth, jobs by status, job durations, items processed, events \
+        published, workers alive.",
+    responses(
+        (status = 200, description = "OpenMetrics text", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let stats = state.store.fleet_stats().await?;
     let mut registry = Registry::default();

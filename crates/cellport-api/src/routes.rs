@@ -25,6 +25,9 @@ use crate::AppState;
 use crate::auth::{Caller, ScopedCaller, download_scope};
 use crate::download::{self, Selection};
 use crate::error::ApiError;
+use crate::openapi::{
+    self, DownloadToken, ErrorBody, ExportAccepted, HistoryPage, ImagesPage, StartExportBody,
+};
 
 /// What a 429 tells the client to wait before trying again.
 const RETRY_AFTER_SECS: u64 = 15;
@@ -128,6 +131,38 @@ fn accepted(
     response
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project}/export",
+    tag = "exports",
+    summary = "Start an export",
+    description = "Queues an export; a repeated `Idempotency-Key` returns the job it started.",
+    params(
+        ("project" = String, Path, description = "The project id"),
+        ("Idempotency-Key" = Option<String>, Header, max_length = 200,
+            description = "Printable ASCII; repeating it returns the job it started"),
+    ),
+    request_body(
+        content = StartExportBody,
+        description = "The export's options; an empty body takes every default",
+    ),
+    responses(
+        (status = 202, body = ExportAccepted,
+            description = "Queued (or the job this Idempotency-Key started)",
+            headers(("Location" = String, description = "The job's status URL"))),
+        (status = 400, description = "Malformed JSON or Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No such project, or not the caller's", body = ErrorBody),
+        (status = 409, body = ErrorBody,
+            description = "The Idempotency-Key was used for another export"),
+        (status = 413, description = "The body is larger than 8 MiB", body = ErrorBody),
+        (status = 422, description = "Invalid options; `field` names the option", body = ErrorBody),
+        (status = 429, description = "Too many exports of this user are running", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Redis or storage is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("token" = [])),
+)]
 pub(crate) async fn start_export(
     State(state): State<AppState>,
     caller: Caller,
@@ -259,6 +294,30 @@ const MAX_WAIT: Duration = Duration::from_millis(30_000);
 
 /// `?after=SEQ&waitMs=N` waits until the job's seq passes SEQ (woken by the job's events) or
 /// N ms pass, then answers the current state.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project}/export/{job}/status",
+    tag = "exports",
+    summary = "An export's status",
+    description = "With both `after` and `waitMs` it long-polls: it answers as soon as the job's \
+        `seq` exceeds `after`, or after `waitMs` with the current state.",
+    params(
+        ("project" = String, Path, description = "The project id"),
+        ("job" = String, Path, format = "uuid", description = "The export job id"),
+        ("after" = Option<u64>, Query, description = "The `seq` the caller has seen"),
+        ("waitMs" = Option<u64>, Query,
+            description = "How long to wait for a change; above 30000 is taken as 30000"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = openapi::ExportJob),
+        (status = 400, description = "A query parameter is not a number", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, body = ErrorBody,
+            description = "No such project or export, or not the caller's"),
+        (status = 503, description = "Redis or storage is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("token" = [])),
+)]
 pub(crate) async fn export_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -301,6 +360,26 @@ async fn load_visible(state: &AppState, id: JobId) -> Result<ExportJob, ApiError
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project}/export/{job}/cancel",
+    tag = "exports",
+    summary = "Cancel an export",
+    description = "Idempotent on a cancelled job.",
+    params(
+        ("project" = String, Path, description = "The project id"),
+        ("job" = String, Path, format = "uuid", description = "The export job id"),
+    ),
+    responses(
+        (status = 200, description = "The job, now cancelled", body = openapi::ExportJob),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, body = ErrorBody,
+            description = "No such project or export, or not the caller's"),
+        (status = 409, description = "The job already completed or failed", body = ErrorBody),
+        (status = 503, description = "Redis or storage is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("token" = [])),
+)]
 pub(crate) async fn cancel_export(
     State(state): State<AppState>,
     caller: Caller,
@@ -400,6 +479,50 @@ fn downloadable(record: JobRecord) -> Result<(ExportJob, String), ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project}/export/{job}/download",
+    tag = "exports",
+    summary = "Download an export's archive",
+    description = "Streams the ZIP; a single `Range` is answered with 206. Accepts a token from \
+        `download-token` in the `token` query parameter.",
+    params(
+        ("project" = String, Path, description = "The project id"),
+        ("job" = String, Path, format = "uuid", description = "The export job id"),
+        ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=1000-`"),
+        ("If-Range" = Option<String>, Header,
+            description = "The ETag the range is for; another ETag gets the whole archive"),
+    ),
+    responses(
+        (status = 200, description = "The whole archive", content(("application/zip")),
+            headers(
+                ("Content-Length" = u64),
+                ("Content-Disposition" = String,
+                    description = "`attachment; filename=\"<project>_<YYYY-MM-DD>.zip\"`"),
+                ("ETag" = String),
+                ("Accept-Ranges" = String, description = "`bytes`"),
+            )),
+        (status = 206, description = "The requested range", content(("application/zip")),
+            headers(
+                ("Content-Range" = String, description = "`bytes START-END/LENGTH`"),
+                ("Content-Length" = u64),
+                ("ETag" = String),
+                ("Accept-Ranges" = String),
+            )),
+        (status = 401, body = ErrorBody,
+            description = "No valid token, or a download token for another archive"),
+        (status = 404, body = ErrorBody,
+            description = "No such project or export, or not the caller's"),
+        (status = 409, body = ErrorBody,
+            description = "The export has not completed, or it failed"),
+        (status = 410, body = ErrorBody,
+            description = "The export was cancelled or its archive expired"),
+        (status = 416, description = "The range lies outside the archive", body = ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */LENGTH`"))),
+        (status = 503, description = "Redis or storage is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("token" = [])),
+)]
 pub(crate) async fn download(
     State(state): State<AppState>,
     ScopedCaller(caller): ScopedCaller,
@@ -440,6 +563,30 @@ pub(crate) async fn download(
 
 /// A signed URL for a browser's native download: no header needed, valid 10 minutes, for
 /// this one archive only.
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project}/export/{job}/download-token",
+    tag = "exports",
+    summary = "A signed download URL",
+    description = "A URL valid for 10 minutes that downloads this archive without an \
+        Authorization header.",
+    params(
+        ("project" = String, Path, description = "The project id"),
+        ("job" = String, Path, format = "uuid", description = "The export job id"),
+    ),
+    responses(
+        (status = 200, description = "The signed URL", body = DownloadToken),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, body = ErrorBody,
+            description = "No such project or export, or not the caller's"),
+        (status = 409, body = ErrorBody,
+            description = "The export has not completed, or it failed"),
+        (status = 410, body = ErrorBody,
+            description = "The export was cancelled or its archive expired"),
+        (status = 503, description = "Redis or storage is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("token" = [])),
+)]
 pub(crate) async fn download_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -476,6 +623,28 @@ impl PageQuery {
 }
 
 /// A project's exports, newest first, a page at a time (`nextCursor` is null on the last).
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project}/export/history",
+    tag = "exports",
+    summary = "A project's exports",
+    description = "Newest first, a page at a time.",
+    params(
+        ("project" = String, Path, description = "The project id"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 100,
+            description = "Page size (default 20)"),
+        ("before" = Option<String>, Query, description = "The `nextCursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of exports", body = HistoryPage),
+        (status = 400, body = ErrorBody,
+            description = "`limit` out of range or `before` not a cursor"),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No such project, or not the caller's", body = ErrorBody),
+        (status = 503, description = "Redis or storage is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("token" = [])),
+)]
 pub(crate) async fn history(
     State(state): State<AppState>,
     caller: Caller,
@@ -500,6 +669,28 @@ pub(crate) async fn history(
 }
 
 /// A project's images in project order, a page at a time, to build `selectedImageIds`.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project}/images",
+    tag = "projects",
+    summary = "A project's images",
+    description = "In project order, a page at a time, to build `selectedImageIds`.",
+    params(
+        ("project" = String, Path, description = "The project id"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000,
+            description = "Page size (default 100)"),
+        ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of images", body = ImagesPage),
+        (status = 400, body = ErrorBody,
+            description = "`limit` out of range or `cursor` not a cursor"),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No such project, or not the caller's", body = ErrorBody),
+        (status = 503, description = "Redis or storage is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("token" = [])),
+)]
 pub(crate) async fn list_images(
     State(state): State<AppState>,
     caller: Caller,
@@ -539,6 +730,19 @@ pub(crate) async fn list_images(
     Ok(Json(json!({"items": items, "nextCursor": next})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/projects",
+    tag = "projects",
+    summary = "The caller's projects",
+    description = "Projects the caller owns or that are shared with them.",
+    responses(
+        (status = 200, description = "The projects", body = Vec<openapi::Project>),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 503, description = "Redis or storage is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("token" = [])),
+)]
 pub(crate) async fn list_projects(
     State(state): State<AppState>,
     caller: Caller,
@@ -551,10 +755,31 @@ pub(crate) async fn list_projects(
     Ok(Json(Value::Array(items)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "The process is up", body = String,
+            content_type = "text/plain", example = "ok"),
+    ),
+)]
 pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "Redis answers", body = String,
+            content_type = "text/plain", example = "ready"),
+        (status = 503, description = "Redis does not answer", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     if state.store.ping().await {
         Ok("ready")
