@@ -68,12 +68,21 @@ impl ApiClient {
     }
 
     pub async fn status(&self, status_url: &str) -> anyhow::Result<Value> {
-        let response = self
+        self.status_after(status_url, None).await
+    }
+
+    /// With `after`, long-polls: answers once the job's seq passes it (or after 30 s).
+    pub async fn status_after(
+        &self,
+        status_url: &str,
+        after: Option<u64>,
+    ) -> anyhow::Result<Value> {
+        let query = after.map_or_else(String::new, |seq| format!("?after={seq}&waitMs=30000"));
+        let request = self
             .http
-            .get(format!("{}{status_url}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
+            .get(format!("{}{status_url}{query}", self.base))
+            .bearer_auth(&self.token);
+        let response = request.send().await?;
         if !response.status().is_success() {
             bail!("status: {}", error_text(response).await);
         }
@@ -151,7 +160,7 @@ fn ended(status: &Value) -> Option<(String, Value)> {
 /// Follows one job's events until its terminal event; returns that event's data.
 ///
 /// The status is read once after the socket is open, so a job that ended before the
-/// client connected is not waited for; if the socket closes, the status answers instead.
+/// client connected is not waited for; if the socket closes, long-polls of the status follow on.
 pub async fn follow(
     socket: &mut Socket,
     client: &ApiClient,
@@ -197,14 +206,20 @@ pub async fn follow(
             _ => {}
         }
     }
-    // The socket went away: ask the API instead.
-    let status = client.status(&started.status_url).await?;
-    ended(&status).with_context(|| {
-        format!(
-            "event socket closed while the export was {}",
-            status["status"]
-        )
-    })
+    // The socket went away (a gateway restart, say): follow by long-polling the API instead.
+    bar.set_message("event socket closed: following the status");
+    loop {
+        let status = client
+            .status_after(&started.status_url, Some(last_seq))
+            .await?;
+        if let Some(done) = ended(&status) {
+            return Ok(done);
+        }
+        last_seq = status["seq"].as_u64().unwrap_or(last_seq);
+        if let Some(p) = status["progress"].as_f64() {
+            bar.set_position(p.floor() as u64);
+        }
+    }
 }
 
 /// Lists the entries of a ZIP file: name and uncompressed size.
