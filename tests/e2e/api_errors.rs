@@ -146,6 +146,17 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(error_of(download).await.1["code"], "not_ready");
+    let token = stack
+        .http
+        .post(job_url("download-token"))
+        .bearer_auth(&alice)
+        .send()
+        .await?;
+    let (status, error) = error_of(token).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_ready"))
+    );
     let bob = stack.token("bob");
     let peek = stack
         .http

@@ -134,21 +134,12 @@ async fn ranged_and_signed_downloads_drive_the_download_phase() -> anyhow::Resul
     let job = stack.post_export("alice", project, json!({})).await?;
     let base = format!("/api/projects/{project}/export/{job}");
 
-    // Before completion: no download, no token.
-    let early = stack
-        .http
-        .post(stack.url(&format!("{base}/download-token")))
-        .bearer_auth(stack.token("alice"))
-        .send()
-        .await?;
-    let early = early.status();
     let done = stack
         .wait_for("alice", project, &job, Duration::from_secs(60), |s| {
             s["status"] == "completed"
         })
         .await?;
     assert_eq!(done["status"], "completed", "{done}");
-    assert!(early == StatusCode::CONFLICT || early == StatusCode::OK);
     assert_eq!(
         (done["progress"].as_f64(), done["phase"].as_str()),
         (Some(80.0), Some("downloading"))
