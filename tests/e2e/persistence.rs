@@ -111,3 +111,46 @@ async fn expired_archives_are_deleted_and_their_records_kept() -> anyhow::Result
     assert_eq!(download.status(), 410);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_creator_died_before_queueing_it_still_runs() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let spec = SyntheticSpec {
+        images: 2,
+        width: 64,
+        height: 64,
+        cells_per_image: 2,
+        ..SyntheticSpec::default()
+    };
+    let (project, _) = stack.import_synthetic("alice", spec).await?;
+    // What an api instance that died right after creating the record leaves: a pending job
+    // and no queue entry.
+    let job = cellport_core::ExportJob::new_pending(
+        project.id.clone(),
+        project.name.clone(),
+        "alice".parse()?,
+        cellport_core::ExportOptions::default(),
+        time::OffsetDateTime::now_utc(),
+    );
+    let id = job.id.to_string();
+    let record = cellport_core::JobRecord {
+        job,
+        audience: project.audience(),
+        archive: None,
+    };
+    let store = cellport_store::Store::connect(&stack.redis.url()).await?;
+    store.create_job(&record, 10, None).await?;
+    assert_eq!(store.queue_depth().await?, (0, 0), "nothing was queued");
+
+    let done = stack
+        .wait_for(
+            "alice",
+            project.id.as_str(),
+            &id,
+            Duration::from_secs(30),
+            |s| s["status"] == "completed",
+        )
+        .await?;
+    assert_eq!(done["status"], "completed", "{done}");
+    Ok(())
+}

@@ -100,6 +100,7 @@ impl Stack {
                 reclaim_after: Duration::from_secs(3),
                 archive_ttl: options.archive_ttl,
                 sweep_every: Duration::from_millis(200),
+                requeue_after: Duration::from_secs(1),
                 ..WorkerConfig::new(redis.url(), data.path())
             };
             let stop = shutdown.clone();

@@ -266,6 +266,10 @@ pub(crate) async fn start_export(
             .await;
         return Err(ApiError::unavailable(e));
     }
+    if let Err(e) = state.store.mark_queued(job_id).await {
+        // The workers' reconciler queues it once more; the second entry finds it taken.
+        tracing::warn!(job_id = %job_id, error = %e, "queued job not marked queued");
+    }
     tracing::info!(job_id = %job_id, project_id = %project_id, user = %caller.user, "export queued");
     Ok(accepted(
         &project_id,

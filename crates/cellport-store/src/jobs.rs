@@ -152,6 +152,7 @@ impl Store {
                     keys::user_active(&job.user_id),
                     idem_key.clone().unwrap_or_else(|| keys::job(job.id)),
                     keys::STATS.to_owned(),
+                    keys::UNQUEUED.to_owned(),
                 ],
                 vec![
                     Value::from(job.status.as_str()),
@@ -160,6 +161,7 @@ impl Store {
                     Value::from(limit as i64),
                     Value::from(if idem_key.is_some() { "1" } else { "0" }),
                     Value::from(IDEMPOTENCY_TTL_SECS as i64),
+                    Value::from(now_ms()),
                 ],
             )
             .await?;
@@ -428,6 +430,7 @@ impl Store {
                     keys::user_active(&record.job.user_id),
                     keys::ARCHIVES.to_owned(),
                     keys::STATS.to_owned(),
+                    keys::UNQUEUED.to_owned(),
                 ]
                 .into_iter()
                 .chain(record.audience.iter().map(keys::user_recent))
@@ -501,6 +504,34 @@ impl Store {
             }
         }
         Err(UpdateError::Contended)
+    }
+}
+
+impl Store {
+    /// Records that a pending job's queue entry is written (see [`Store::stranded_jobs`]).
+    pub async fn mark_queued(&self, id: JobId) -> Result<(), StoreError> {
+        let _: i64 = self.client().zrem(keys::UNQUEUED, id.to_string()).await?;
+        Ok(())
+    }
+
+    /// Jobs made pending (created, or handed back) at least `age` ago whose queue entry was
+    /// never confirmed: the writer died between the two. At most `limit`, oldest first.
+    pub async fn stranded_jobs(
+        &self,
+        age: std::time::Duration,
+        limit: u64,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let ids: Vec<String> = self
+            .client()
+            .zrangebyscore(
+                keys::UNQUEUED,
+                "-inf",
+                (now_ms() - age.as_millis() as i64) as f64,
+                false,
+                Some((0, limit as i64)),
+            )
+            .await?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
     }
 }
 

@@ -12,6 +12,10 @@ pub(crate) const ARCHIVES: &str = "cellport:archives";
 pub(crate) const SWEEPER_LOCK: &str = "cellport:sweeper";
 /// Worker name → last heartbeat (ms since the epoch).
 pub(crate) const WORKERS: &str = "cellport:workers";
+/// Pending jobs not known to be in the queue yet → since when (ms). A job is filed here in the
+/// same call that makes it pending, and leaves once its queue entry is written or it starts, so
+/// a crash between the two leaves it here for the reconciler instead of stranding it.
+pub(crate) const UNQUEUED: &str = "cellport:unqueued";
 /// Worker name → the host it runs on.
 pub(crate) const WORKER_HOSTS: &str = "cellport:worker_hosts";
 /// Fleet-wide counters: jobs by status, events published, items processed, job durations.

@@ -30,9 +30,12 @@ struct Args {
     /// How long a dead worker's job waits before another worker takes it over.
     #[arg(long, env = "CELLPORT_RECLAIM_AFTER", default_value = "15s", value_parser = parse_duration)]
     reclaim_after: Duration,
-    /// How often expired archives are looked for.
-    #[arg(long, env = "CELLPORT_SWEEP_EVERY", default_value = "60s", value_parser = parse_duration)]
+    /// How often expired archives and stranded pending jobs are looked for.
+    #[arg(long, env = "CELLPORT_SWEEP_EVERY", default_value = "15s", value_parser = parse_duration)]
     sweep_every: Duration,
+    /// A pending job whose queue entry was never written (its creator died) is queued after this.
+    #[arg(long, env = "CELLPORT_REQUEUE_AFTER", default_value = "30s", value_parser = parse_duration)]
+    requeue_after: Duration,
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
 }
@@ -50,6 +53,7 @@ pub fn main() -> anyhow::Result<()> {
         lease_ttl: args.lease_ttl,
         reclaim_after: args.reclaim_after,
         sweep_every: args.sweep_every,
+        requeue_after: args.requeue_after,
         ..defaults
     };
     // A blocking pool as small as the item parallelism: file IO and item rendering run there, and

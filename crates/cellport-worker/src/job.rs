@@ -509,6 +509,10 @@ async fn hand_back(run: &Running<'_>, record: JobRecord) -> Result<(), JobError>
                 .push(ExportRequest { job_id: run.job_id })
                 .await
                 .map_err(|e| JobError::Requeue(e.to_string()))?;
+            if let Err(e) = run.state.store.mark_queued(run.job_id).await {
+                // The reconciler will queue it once more; the second entry finds it taken.
+                tracing::warn!(error = %e, "handed-back job not marked queued");
+            }
             tracing::info!("worker shutting down: job handed back");
             Ok(())
         }

@@ -44,8 +44,10 @@ pub struct WorkerConfig {
     /// How long a job's queue entry may go unrefreshed before another worker takes it over
     /// (longer than `lease_ttl`).
     pub reclaim_after: Duration,
-    /// How often expired archives are looked for.
+    /// How often expired archives and stranded pending jobs are looked for.
     pub sweep_every: Duration,
+    /// A pending job whose queue entry was never confirmed for this long is queued again.
+    pub requeue_after: Duration,
 }
 
 impl WorkerConfig {
@@ -60,7 +62,8 @@ impl WorkerConfig {
             name: None,
             lease_ttl: Duration::from_secs(10),
             reclaim_after: Duration::from_secs(15),
-            sweep_every: Duration::from_secs(60),
+            sweep_every: Duration::from_secs(15),
+            requeue_after: Duration::from_secs(30),
         }
     }
 }
@@ -170,9 +173,14 @@ pub async fn run(
         running: Mutex::default(),
     });
     tokio::spawn(listen_for_cancellations(cancellations, state.clone()));
+    let housekeeping = retention::Housekeeping {
+        storage: state.storage.clone(),
+        producer: state.producer.clone(),
+        requeue_after: config.requeue_after,
+    };
     tokio::spawn(retention::sweep_forever(
         state.store.clone(),
-        state.storage.clone(),
+        housekeeping,
         name.clone(),
         config.sweep_every,
         stop.clone(),

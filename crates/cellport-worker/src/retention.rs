@@ -1,20 +1,31 @@
-//! Retention: archives past `CELLPORT_ARCHIVE_TTL` are deleted; their records stay, marked expired.
+//! Housekeeping: archives past `CELLPORT_ARCHIVE_TTL` are deleted (their records stay, marked
+//! expired), and pending jobs whose queue entry was never written are queued.
 //!
 //! Every worker runs the loop, but only the holder of a short Redis lock sweeps in a given
 //! round, so one sweeper works at a time across the fleet.
 
 use std::time::Duration;
 
+use apalis_core::backend::TaskSink;
+use cellport_core::JobStatus;
 use cellport_pipeline::Storage;
-use cellport_store::Store;
+use cellport_store::{ExportRequest, JobQueue, Store};
 use tokio_util::sync::CancellationToken;
+
+/// What the sweep needs besides the store.
+pub(crate) struct Housekeeping {
+    pub storage: Storage,
+    pub producer: JobQueue<ExportRequest>,
+    /// A job pending this long without a confirmed queue entry is queued again.
+    pub requeue_after: Duration,
+}
 
 /// Jobs expired per round; the next round takes the rest.
 const BATCH: u64 = 100;
 
 pub(crate) async fn sweep_forever(
     store: Store,
-    storage: Storage,
+    mut housekeeping: Housekeeping,
     worker: String,
     every: Duration,
     stop: CancellationToken,
@@ -27,8 +38,11 @@ pub(crate) async fn sweep_forever(
         }
         match store.try_lock_sweeper(&worker, every).await {
             Ok(true) => {
-                if let Err(e) = sweep(&store, &storage).await {
+                if let Err(e) = sweep(&store, &housekeeping.storage).await {
                     tracing::warn!(error = %e, "retention sweep failed");
+                }
+                if let Err(e) = requeue_stranded(&store, &mut housekeeping).await {
+                    tracing::warn!(error = %e, "requeueing stranded jobs failed");
                 }
             }
             Ok(false) => {}
@@ -67,4 +81,23 @@ pub(crate) async fn sweep(
         store.forget_archive(job_id).await?;
     }
     Ok(expired.len())
+}
+
+/// Queues the pending jobs whose creator (an api instance, or a worker handing a job back)
+/// died between making them pending and writing their queue entry.
+pub(crate) async fn requeue_stranded(
+    store: &Store,
+    housekeeping: &mut Housekeeping,
+) -> anyhow::Result<usize> {
+    let stranded = store
+        .stranded_jobs(housekeeping.requeue_after, BATCH)
+        .await?;
+    for &job_id in &stranded {
+        if store.job_status(job_id).await? == Some(JobStatus::Pending) {
+            housekeeping.producer.push(ExportRequest { job_id }).await?;
+            tracing::warn!(job_id = %job_id, "pending job had no queue entry: queued");
+        }
+        store.mark_queued(job_id).await?;
+    }
+    Ok(stranded.len())
 }

@@ -4,7 +4,8 @@
 -- KEYS[3]  the owner's set of active jobs (the job leaves it when it ends)
 -- KEYS[4]  the archives' expiry schedule
 -- KEYS[5]  the fleet's counters (jobs by status, events published, job durations)
--- KEYS[6…] the recent-jobs index of each user in the job's audience
+-- KEYS[6]  the jobs not yet known to be queued (a job enters it when it becomes pending again)
+-- KEYS[7…] the recent-jobs index of each user in the job's audience
 -- ARGV[1]  the seq the writer read (compare-and-set)
 -- ARGV[2]  the new status
 -- ARGV[3]  the new record (MessagePack)
@@ -44,7 +45,9 @@ if new ~= status then
   end
 end
 local now = tonumber(ARGV[10])
-for i = 6, #KEYS do
+if new ~= status and status == 'pending' then redis.call('ZREM', KEYS[6], ARGV[8]) end
+if new == 'pending' and status ~= 'pending' then redis.call('ZADD', KEYS[6], now, ARGV[8]) end
+for i = 7, #KEYS do
   redis.call('ZADD', KEYS[i], now, ARGV[8])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[11]))
 end

@@ -1,9 +1,10 @@
 -- Creates a job record, files it in its project's history and the owner's active set,
 -- honouring an idempotency key and the per-user limit of active exports.
 -- KEYS[1] the job hash, KEYS[2] the project's history, KEYS[3] the user's active set,
--- KEYS[4] the idempotency key (unused when ARGV[5] is '0'), KEYS[5] the fleet's counters
+-- KEYS[4] the idempotency key (unused when ARGV[5] is '0'), KEYS[5] the fleet's counters,
+-- KEYS[6] the jobs not yet known to be queued
 -- ARGV[1] status, ARGV[2] record, ARGV[3] job id, ARGV[4] the active-export limit,
--- ARGV[5] '1' when an idempotency key is given, ARGV[6] its ttl (s)
+-- ARGV[5] '1' when an idempotency key is given, ARGV[6] its ttl (s), ARGV[7] now (ms)
 -- Returns {1, id} when created, {2, existing id} for a repeated idempotency key,
 -- {3, active count} when the user is at the limit, {0, ''} when the id exists.
 if ARGV[5] == '1' then
@@ -18,5 +19,6 @@ redis.call('HSET', KEYS[1], 'seq', 0, 'status', ARGV[1], 'record', ARGV[2], 'fen
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('HINCRBY', KEYS[5], 'jobs:' .. ARGV[1], 1)
+redis.call('ZADD', KEYS[6], tonumber(ARGV[7]), ARGV[3])
 if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[3], 'EX', tonumber(ARGV[6])) end
 return {1, ARGV[3]}

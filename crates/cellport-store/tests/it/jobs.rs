@@ -294,3 +294,47 @@ async fn counters_follow_every_status_change() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_jobs_stay_listed_until_queued_or_started() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let (queued, started, stranded) = (new_record(), new_record(), new_record());
+    for record in [&queued, &started, &stranded] {
+        store.create_job(record, 100, None).await?;
+    }
+    store.mark_queued(queued.job.id).await?;
+    let now = OffsetDateTime::now_utc();
+    store
+        .update_job(started.job.id, None, None, |r| {
+            r.job.start(vec![], 1, now).map(Some)
+        })
+        .await?;
+    let listed = store.stranded_jobs(Duration::ZERO, 10).await?;
+    assert_eq!(listed, vec![stranded.job.id]);
+    assert!(
+        store
+            .stranded_jobs(Duration::from_secs(60), 10)
+            .await?
+            .is_empty(),
+        "too recent to be stranded"
+    );
+
+    // Handed back to pending: listed again until its new entry is confirmed.
+    store
+        .update_job(started.job.id, None, None, |r| {
+            r.job.status = JobStatus::Pending;
+            Ok::<_, std::convert::Infallible>(None)
+        })
+        .await?;
+    let listed = store.stranded_jobs(Duration::ZERO, 10).await?;
+    assert!(listed.contains(&started.job.id));
+    store.mark_queued(started.job.id).await?;
+    assert!(
+        !store
+            .stranded_jobs(Duration::ZERO, 10)
+            .await?
+            .contains(&started.job.id)
+    );
+    Ok(())
+}
