@@ -154,3 +154,47 @@ async fn a_job_whose_creator_died_before_queueing_it_still_runs() -> anyhow::Res
     assert_eq!(done["status"], "completed", "{done}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_stale_attempts_and_ended_jobs_are_removed() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let spec = SyntheticSpec {
+        images: 2,
+        width: 64,
+        height: 64,
+        cells_per_image: 2,
+        ..SyntheticSpec::default()
+    };
+    let (project, _) = stack.import_synthetic("alice", spec).await?;
+    let project = project.id.as_str();
+    let job = stack.post_export("alice", project, json!({})).await?;
+    let done = stack
+        .wait_for("alice", project, &job, Duration::from_secs(30), |s| {
+            s["status"] == "completed"
+        })
+        .await?;
+    assert_eq!(done["status"], "completed");
+
+    // What crashed or stale attempts leave behind, beside the archive that counts.
+    let data = stack.data.path();
+    let unknown = cellport_core::JobId::new();
+    let planted = [
+        data.join(format!("archives/{job}.0.zip")),
+        data.join(format!("archives/{job}.0.zip.part")),
+        data.join(format!("archives/{unknown}.1.zip")),
+        data.join(format!("staging/{job}/leftover.json")),
+    ];
+    for path in &planted {
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(path, b"x")?;
+    }
+    let cleaned = wait_until(Duration::from_secs(15), || async {
+        planted.iter().all(|p| !p.exists()) && !data.join(format!("staging/{job}")).exists()
+    })
+    .await;
+    let left: Vec<_> = planted.iter().filter(|p| p.exists()).collect();
+    assert!(cleaned, "still there: {left:?}");
+    let entries = stack.download("alice", &done).await?;
+    assert!(!entries.is_empty(), "the archive that counts stays");
+    Ok(())
+}

@@ -25,4 +25,4 @@ pub use export::{
     ProgressSink, export_archive, plan_tasks,
 };
 pub use source::{FileProjectStore, ProjectSource, SourceError};
-pub use storage::{Staging, Storage};
+pub use storage::{Staging, Storage, Stored};

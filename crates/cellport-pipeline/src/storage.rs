@@ -114,6 +114,96 @@ impl Storage {
     }
 }
 
+/// Something in storage that belongs to a job: what the housekeeping sweep looks at to find
+/// leftovers of stale attempts and of workers that died.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// `<job>.<fence>.zip`
+    Archive {
+        job: JobId,
+        fence: u64,
+        name: String,
+    },
+    /// `<job>.<fence>.zip.part`
+    Partial {
+        job: JobId,
+        fence: u64,
+        name: String,
+    },
+    /// `staging/<job>/`
+    Staging { job: JobId },
+}
+
+impl Stored {
+    pub fn job(&self) -> JobId {
+        match self {
+            Stored::Archive { job, .. } | Stored::Partial { job, .. } | Stored::Staging { job } => {
+                *job
+            }
+        }
+    }
+
+    /// Reads an archive file name; `None` for names storage did not write.
+    fn from_archive_name(name: &str) -> Option<Stored> {
+        let (stem, partial) = match name.strip_suffix(".zip.part") {
+            Some(stem) => (stem, true),
+            None => (name.strip_suffix(".zip")?, false),
+        };
+        let (job, fence) = stem.split_once('.')?;
+        let (job, fence) = (job.parse().ok()?, fence.parse().ok()?);
+        let name = name.to_owned();
+        Some(if partial {
+            Stored::Partial { job, fence, name }
+        } else {
+            Stored::Archive { job, fence, name }
+        })
+    }
+}
+
+impl Storage {
+    fn staging_root(&self) -> PathBuf {
+        self.archives
+            .parent()
+            .map(|p| p.join("staging"))
+            .unwrap_or_else(|| PathBuf::from("staging"))
+    }
+
+    /// Every archive, partial archive and staging area in storage (names it did not write are
+    /// left out). A missing directory is an empty one.
+    pub async fn inventory(&self) -> io::Result<Vec<Stored>> {
+        let mut found = Vec::new();
+        for (dir, staging) in [(self.archives.clone(), false), (self.staging_root(), true)] {
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            while let Some(entry) = entries.next_entry().await? {
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let item = if staging {
+                    name.parse().ok().map(|job| Stored::Staging { job })
+                } else {
+                    Stored::from_archive_name(&name)
+                };
+                found.extend(item);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes one leftover (absent is fine).
+    pub async fn remove_stored(&self, item: &Stored) -> io::Result<()> {
+        match item {
+            Stored::Archive { name, .. } | Stored::Partial { name, .. } => {
+                remove_if_present(&self.archives.join(name)).await
+            }
+            Stored::Staging { job } => self.staging(*job).remove().await,
+        }
+    }
+}
+
 /// A job's staged outputs: what finished items produced, kept until the job ends so that a
 /// resumed job reuses them. Files appear whole (written to a temp name, then renamed).
 #[derive(Debug, Clone)]
@@ -124,13 +214,8 @@ pub struct Staging {
 impl Storage {
     /// The staging area of `job` (created on first write).
     pub fn staging(&self, job: JobId) -> Staging {
-        let root = self
-            .archives
-            .parent()
-            .map(|p| p.join("staging"))
-            .unwrap_or_else(|| PathBuf::from("staging"));
         Staging {
-            dir: root.join(job.to_string()),
+            dir: self.staging_root().join(job.to_string()),
         }
     }
 }
@@ -173,5 +258,55 @@ impl Staging {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_inventory_names_each_file_by_its_job_and_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(dir.path());
+        assert!(
+            storage.inventory().await.unwrap().is_empty(),
+            "no directories yet"
+        );
+        let (done, stale) = (JobId::new(), JobId::new());
+        storage
+            .create_archive(done, 2)
+            .await
+            .unwrap()
+            .commit()
+            .await
+            .unwrap();
+        let _partial = storage.create_archive(stale, 1).await.unwrap();
+        storage.staging(stale).write("a.json", b"{}").await.unwrap();
+        tokio::fs::write(dir.path().join("archives/notes.txt"), b"x")
+            .await
+            .unwrap();
+
+        let mut found = storage.inventory().await.unwrap();
+        found.sort_by_key(|s| format!("{s:?}"));
+        let archive = Stored::Archive {
+            job: done,
+            fence: 2,
+            name: format!("{done}.2.zip"),
+        };
+        let partial = Stored::Partial {
+            job: stale,
+            fence: 1,
+            name: format!("{stale}.1.zip.part"),
+        };
+        let staging = Stored::Staging { job: stale };
+        assert_eq!(
+            found,
+            vec![archive.clone(), partial.clone(), staging.clone()]
+        );
+        for item in [&partial, &staging] {
+            storage.remove_stored(item).await.unwrap();
+        }
+        assert_eq!(storage.inventory().await.unwrap(), vec![archive]);
     }
 }

@@ -280,6 +280,19 @@ impl Store {
         Ok(raw.and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok()))
     }
 
+    /// The job's status and current lease fence (cheap: two fields), `None` for no such job.
+    pub async fn job_fence(
+        &self,
+        id: JobId,
+    ) -> Result<Option<(cellport_core::JobStatus, u64)>, StoreError> {
+        let (status, fence): (Option<String>, Option<u64>) = self
+            .client()
+            .hmget(keys::job(id), vec!["status", "fence"])
+            .await?;
+        let status = status.and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok());
+        Ok(status.map(|s| (s, fence.unwrap_or(0))))
+    }
+
     /// The job's record with its current seq, or `None` when there is no such job.
     pub async fn load_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
         let key = keys::job(id);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apalis_core::backend::TaskSink;
 use cellport_core::JobStatus;
-use cellport_pipeline::Storage;
+use cellport_pipeline::{Storage, Stored};
 use cellport_store::{ExportRequest, JobQueue, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,8 @@ pub(crate) struct Housekeeping {
 
 /// Jobs expired per round; the next round takes the rest.
 const BATCH: u64 = 100;
+/// Leftovers are looked for every this many rounds (it lists the storage directories).
+const LEFTOVERS_EVERY: u64 = 20;
 
 pub(crate) async fn sweep_forever(
     store: Store,
@@ -31,6 +33,7 @@ pub(crate) async fn sweep_forever(
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
+    let mut round = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -44,6 +47,12 @@ pub(crate) async fn sweep_forever(
                 if let Err(e) = requeue_stranded(&store, &mut housekeeping).await {
                     tracing::warn!(error = %e, "requeueing stranded jobs failed");
                 }
+                if round.is_multiple_of(LEFTOVERS_EVERY)
+                    && let Err(e) = remove_leftovers(&store, &housekeeping.storage).await
+                {
+                    tracing::warn!(error = %e, "removing leftovers failed");
+                }
+                round += 1;
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "retention lock unavailable"),
@@ -100,4 +109,29 @@ pub(crate) async fn requeue_stranded(
         store.mark_queued(job_id).await?;
     }
     Ok(stranded.len())
+}
+
+/// Removes what no job will use again: archives and partial archives of stale attempts (a
+/// fence older than the job's) or of jobs that failed or were cancelled, partial archives and
+/// staging areas of ended jobs, and anything of a job Redis does not know.
+pub(crate) async fn remove_leftovers(store: &Store, storage: &Storage) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for item in storage.inventory().await? {
+        let leftover = match (store.job_fence(item.job()).await?, &item) {
+            (None, _) => true,
+            (Some((status, _)), Stored::Staging { .. }) => status.is_terminal(),
+            (Some((status, current)), Stored::Partial { fence, .. }) => {
+                *fence < current || status.is_terminal()
+            }
+            (Some((status, current)), Stored::Archive { fence, .. }) => {
+                *fence < current || matches!(status, JobStatus::Failed | JobStatus::Cancelled)
+            }
+        };
+        if leftover {
+            storage.remove_stored(&item).await?;
+            tracing::info!(job_id = %item.job(), item = ?item, "leftover removed");
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
