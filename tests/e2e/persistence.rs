@@ -142,16 +142,7 @@ async fn a_job_whose_creator_died_before_queueing_it_still_runs() -> anyhow::Res
     store.create_job(&record, 10, None).await?;
     assert_eq!(store.queue_depth().await?, (0, 0), "nothing was queued");
 
-    let done = stack
-        .wait_for(
-            "alice",
-            project.id.as_str(),
-            &id,
-            Duration::from_secs(30),
-            |s| s["status"] == "completed",
-        )
-        .await?;
-    assert_eq!(done["status"], "completed", "{done}");
+    stack.completed("alice", project.id.as_str(), &id).await?;
     Ok(())
 }
 
@@ -168,12 +159,7 @@ async fn leftovers_of_stale_attempts_and_ended_jobs_are_removed() -> anyhow::Res
     let (project, _) = stack.import_synthetic("alice", spec).await?;
     let project = project.id.as_str();
     let job = stack.post_export("alice", project, json!({})).await?;
-    let done = stack
-        .wait_for("alice", project, &job, Duration::from_secs(30), |s| {
-            s["status"] == "completed"
-        })
-        .await?;
-    assert_eq!(done["status"], "completed");
+    let done = stack.completed("alice", project, &job).await?;
 
     // What crashed or stale attempts leave behind, beside the archive that counts.
     let data = stack.data.path();

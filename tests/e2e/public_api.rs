@@ -134,12 +134,7 @@ async fn ranged_and_signed_downloads_drive_the_download_phase() -> anyhow::Resul
     let job = stack.post_export("alice", project, json!({})).await?;
     let base = format!("/api/projects/{project}/export/{job}");
 
-    let done = stack
-        .wait_for("alice", project, &job, Duration::from_secs(60), |s| {
-            s["status"] == "completed"
-        })
-        .await?;
-    assert_eq!(done["status"], "completed", "{done}");
+    let done = stack.completed("alice", project, &job).await?;
     assert_eq!(
         (done["progress"].as_f64(), done["phase"].as_str()),
         (Some(80.0), Some("downloading"))
@@ -417,12 +412,7 @@ async fn ops_see_queue_stats_and_metrics() -> anyhow::Result<()> {
     let (project, _) = stack.import_synthetic("alice", small()).await?;
     let project = project.id.as_str();
     let done = stack.post_export("alice", project, json!({})).await?;
-    let done = stack
-        .wait_for("alice", project, &done, Duration::from_secs(60), |s| {
-            s["status"] == "completed"
-        })
-        .await?;
-    assert_eq!(done["status"], "completed");
+    stack.completed("alice", project, &done).await?;
     let cancelled = stack.post_export("alice", project, json!({})).await?;
     stack
         .http

@@ -271,6 +271,17 @@ impl Stack {
         }
     }
 
+    /// Waits (up to a minute) until the job completes; fails with its last status otherwise.
+    pub async fn completed(&self, user: &str, project: &str, job: &str) -> anyhow::Result<Value> {
+        let status = self
+            .wait_for(user, project, job, Duration::from_secs(60), |s| {
+                s["status"] == "completed"
+            })
+            .await?;
+        anyhow::ensure!(status["status"] == "completed", "not completed: {status}");
+        Ok(status)
+    }
+
     /// Imports a synthetic project owned by `owner`; returns it and the directory of its source images.
     pub async fn import_synthetic(
         &self,

@@ -626,6 +626,15 @@ impl PageQuery {
     }
 }
 
+/// Reads the cursor parameter `name`; cursors are opaque to clients, so a bad one is a 400.
+fn cursor<T: std::str::FromStr>(name: &str, raw: Option<&str>) -> Result<Option<T>, ApiError> {
+    raw.map(|c| {
+        c.parse()
+            .map_err(|_| ApiError::bad_parameter(name, "not a cursor this listing gave out"))
+    })
+    .transpose()
+}
+
 /// A project's exports, newest first, a page at a time (`nextCursor` is null on the last).
 #[utoipa::path(
     get,
@@ -657,14 +666,7 @@ pub(crate) async fn history(
 ) -> Result<Json<Value>, ApiError> {
     let params: PageQuery = query(&uri)?;
     let limit = params.limit(20, 100)?;
-    let before = params
-        .before
-        .as_deref()
-        .map(|c| {
-            c.parse::<JobId>()
-                .map_err(|_| ApiError::bad_parameter("before", "not a cursor of this history"))
-        })
-        .transpose()?;
+    let before: Option<JobId> = cursor("before", params.before.as_deref())?;
     let project_id = parse_project_id(&project)?;
     visible_project(&state, &caller, &project_id).await?;
     let (records, next) = state.store.history(&project_id, before, limit).await?;
@@ -703,15 +705,7 @@ pub(crate) async fn list_images(
 ) -> Result<Json<Value>, ApiError> {
     let params: PageQuery = query(&uri)?;
     let limit = params.limit(100, 1000)?;
-    let start = params
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<usize>()
-                .map_err(|_| ApiError::bad_parameter("cursor", "not a cursor of this listing"))
-        })
-        .transpose()?
-        .unwrap_or(0);
+    let start: usize = cursor("cursor", params.cursor.as_deref())?.unwrap_or(0);
     let project_id = parse_project_id(&project)?;
     visible_project(&state, &caller, &project_id).await?;
     let images = state.source.images(&project_id).await?;
