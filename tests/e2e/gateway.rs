@@ -413,3 +413,56 @@ async fn a_slow_client_gets_coalesced_progress_and_is_cut_off_when_still_too_slo
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_naming_more_jobs_than_an_outbox_holds_gets_them_all() -> anyhow::Result<()> {
+    let stack = Stack::start(pending_only()).await?;
+    let store = Store::connect(&stack.redis.url()).await?;
+    let now = OffsetDateTime::now_utc();
+    let mut jobs = Vec::new();
+    for _ in 0..cellport_gateway::OUTBOX_CAPACITY + 44 {
+        let record = JobRecord {
+            job: cellport_core::ExportJob::new_pending(
+                "p1".parse()?,
+                "P".into(),
+                "alice".parse()?,
+                Default::default(),
+                now,
+            ),
+            audience: vec!["alice".parse()?],
+            archive: None,
+        };
+        store.create_job(&record, 1000, None).await?;
+        let (started, _) = store
+            .update_job(record.job.id, None, None, |r| {
+                r.job.start(vec![], 1, now).map(Some)
+            })
+            .await?;
+        let (ended, _) = store
+            .update_job(record.job.id, Some(started), None, |r| {
+                r.job.cancel(CancelReason::UserCancelled, now).map(Some)
+            })
+            .await?;
+        jobs.push((record.job.id.to_string(), ended.job.seq));
+    }
+    // A client back after a long time: it knew each job at seq 0.
+    let mut back = stack.ws("alice").await?;
+    let resume: serde_json::Map<String, Value> =
+        jobs.iter().map(|(id, _)| (id.clone(), json!(0))).collect();
+    back.send(json!({"action": "resume", "jobs": resume}))
+        .await?;
+    let frames = back.drain(Duration::from_secs(2)).await;
+    let got: HashSet<String> = frames
+        .iter()
+        .map(|f| f["data"]["jobId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        got.len(),
+        jobs.len(),
+        "every changed job, and the socket stays open"
+    );
+    assert!(frames.iter().all(|f| f["event"] == "export:cancelled"));
+    back.send(json!({"action": "ping"})).await?;
+    assert_eq!(back.next_event(QUIET).await.unwrap()["event"], "pong");
+    Ok(())
+}

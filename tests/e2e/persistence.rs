@@ -170,16 +170,26 @@ async fn leftovers_of_stale_attempts_and_ended_jobs_are_removed() -> anyhow::Res
         data.join(format!("archives/{unknown}.1.zip")),
         data.join(format!("staging/{job}/leftover.json")),
     ];
+    // Untouched for two hours: the sweep leaves anything younger than an hour alone.
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
     for path in &planted {
         std::fs::create_dir_all(path.parent().unwrap())?;
         std::fs::write(path, b"x")?;
+        std::fs::File::options()
+            .write(true)
+            .open(path)?
+            .set_modified(long_ago)?;
     }
+    std::fs::File::open(data.join(format!("staging/{job}")))?.set_modified(long_ago)?;
+    let young = data.join(format!("archives/{unknown}.2.zip"));
+    std::fs::write(&young, b"x")?;
     let cleaned = wait_until(Duration::from_secs(15), || async {
         planted.iter().all(|p| !p.exists()) && !data.join(format!("staging/{job}")).exists()
     })
     .await;
     let left: Vec<_> = planted.iter().filter(|p| p.exists()).collect();
     assert!(cleaned, "still there: {left:?}");
+    assert!(young.exists(), "files younger than an hour are left alone");
     let entries = stack.download("alice", &done).await?;
     assert!(!entries.is_empty(), "the archive that counts stays");
     Ok(())

@@ -101,6 +101,39 @@ async fn long_poll_answers_on_the_next_change_or_at_the_timeout() -> anyhow::Res
     assert_eq!(timed_out["seq"], 1);
     assert!(started.elapsed() >= Duration::from_millis(400));
 
+    // A change that publishes no event (a job handed back, an archive expiring) wakes it too.
+    let quiet = stack.post_export("alice", project, json!({})).await?;
+    let quiet_path = format!("/api/projects/{project}/export/{quiet}/status?after=0&waitMs=20000");
+    let waiting = {
+        let (http, url, token) = (
+            stack.http.clone(),
+            stack.url(&quiet_path),
+            stack.token("alice"),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let body: Value = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok((body, started.elapsed()))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let store = cellport_store::Store::connect(&stack.redis.url()).await?;
+    store
+        .update_job(quiet.parse()?, None, None, |r| {
+            r.job.message = Some("handed back to the queue".into());
+            Ok::<_, std::convert::Infallible>(None)
+        })
+        .await?;
+    let (woken, waited) = waiting.await??;
+    assert_eq!(woken["seq"], 1);
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+
     // Another user's poll is refused before it waits.
     let (status, code) = code_of(
         stack

@@ -41,7 +41,8 @@ pub(crate) fn select(headers: &HeaderMap, etag: &str, len: u64) -> Selection {
         return Selection::Whole;
     }
     let Ok(range) = range.to_str() else {
-        return Selection::Unsatisfiable;
+        // Not even text: RFC 9110 says to ignore it.
+        return Selection::Whole;
     };
     if !range.trim_start().starts_with("bytes=") {
         return Selection::Whole;
@@ -50,6 +51,18 @@ pub(crate) fn select(headers: &HeaderMap, etag: &str, len: u64) -> Selection {
         Ok(ranges) if ranges.len() == 1 => Selection::Part(ranges[0].clone()),
         Ok(_) => Selection::Whole,
         Err(_) => Selection::Unsatisfiable,
+    }
+}
+
+/// Whether a response carries the download on: it starts at or before the bytes already
+/// counted. A range further on (a tool reading the ZIP's central directory, a segmented
+/// downloader's last segment) says nothing about the bytes before it, so it moves no progress.
+pub(crate) fn continues_download(job: &ExportJob, selection: &Selection, len: u64) -> bool {
+    let counted = (job.phase_progress / 100.0 * len as f64).round() as u64;
+    match selection {
+        Selection::Whole => true,
+        Selection::Part(range) => *range.start() <= counted,
+        Selection::Unsatisfiable => false,
     }
 }
 
@@ -186,6 +199,26 @@ mod tests {
     }
 
     #[test]
+    fn only_ranges_that_carry_the_download_on_count() {
+        let mut job = ExportJob::new_pending(
+            "p".parse().unwrap(),
+            "P".into(),
+            "u".parse().unwrap(),
+            Default::default(),
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        job.phase_progress = 50.0;
+        assert!(continues_download(&job, &Selection::Whole, 100));
+        assert!(continues_download(&job, &Selection::Part(0..=9), 100));
+        assert!(continues_download(&job, &Selection::Part(50..=99), 100));
+        assert!(
+            !continues_download(&job, &Selection::Part(78..=99), 100),
+            "the tail only"
+        );
+        assert!(!continues_download(&job, &Selection::Unsatisfiable, 100));
+    }
+
+    #[test]
     fn ranges_follow_rfc_9110() {
         let etag = "\"e\"";
         let pick = |pairs: &[(header::HeaderName, &str)]| select(&headers(pairs), etag, 100);
@@ -219,6 +252,12 @@ mod tests {
             Selection::Unsatisfiable
         );
         assert_eq!(pick(&[(header::RANGE, "items=1-2")]), Selection::Whole);
+        let mut raw = HeaderMap::new();
+        raw.insert(
+            header::RANGE,
+            HeaderValue::from_bytes(b"bytes=\xff").unwrap(),
+        );
+        assert_eq!(select(&raw, etag, 100), Selection::Whole);
         assert_eq!(pick(&[(header::RANGE, "bytes=0-1, 5-6")]), Selection::Whole);
         let with_if_range = |v| pick(&[(header::RANGE, "bytes=10-19"), (header::IF_RANGE, v)]);
         assert_eq!(with_if_range(etag), Selection::Part(10..=19));

@@ -49,7 +49,7 @@ pub struct AppState {
     pub jwt: JwtKeys,
     pub events_url: String,
     pub max_active_per_user: u64,
-    /// Requests long-polling a job's status, woken by its events.
+    /// Requests long-polling a job's status, woken by its changes.
     pub waits: Arc<JobWaits>,
 }
 
@@ -60,11 +60,11 @@ impl FromRef<AppState> for JwtKeys {
 }
 
 impl AppState {
-    /// Connects to Redis and starts listening for job events (for long-polls).
+    /// Connects to Redis and starts listening for job changes (for long-polls).
     pub async fn connect(config: &ApiConfig) -> anyhow::Result<AppState> {
         let store = Store::connect(&config.redis_url).await?;
         let waits = Arc::new(JobWaits::default());
-        let subscriber = EventSubscriber::connect(&config.redis_url).await?;
+        let subscriber = EventSubscriber::changes(&config.redis_url).await?;
         tokio::spawn(waits.clone().listen(subscriber));
         Ok(AppState {
             waits,

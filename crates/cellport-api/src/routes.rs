@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::AppState;
 use crate::auth::{Caller, ScopedCaller, download_scope};
-use crate::download::{self, Selection};
+use crate::download;
 use crate::error::ApiError;
 use crate::openapi::{
     self, DownloadToken, ErrorBody, ExportAccepted, HistoryPage, ImagesPage, StartExportBody,
@@ -337,7 +337,7 @@ pub(crate) async fn export_status(
     let waiter = state.waits.wait_for(job.id);
     let mut current = job;
     while current.seq <= after {
-        let changed = waiter.notify.notified();
+        let changed = waiter.notify().notified();
         tokio::pin!(changed);
         // Armed before the read: a change between the read and the wait still wakes it.
         changed.as_mut().enable();
@@ -554,7 +554,7 @@ pub(crate) async fn download(
     };
     let etag = format!("\"{}-{}\"", job.id, len);
     let selection = download::select(&headers, &etag, len);
-    let progress = (selection != Selection::Unsatisfiable)
+    let progress = download::continues_download(&job, &selection, len)
         .then(|| download::report_progress(state.store.clone(), job.id, len));
     let archive = download::Archive {
         file,

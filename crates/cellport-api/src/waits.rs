@@ -1,5 +1,5 @@
-//! Long-poll wake-ups: one pub/sub subscription per API process tells the requests waiting on
-//! a job that it changed. Waiters re-read the job from Redis, so a missed or coalesced wake-up
+//! Long-poll wake-ups: one subscription per API process to the changes channel (every commit
+//! announces its job's id there, event or not) tells the requests waiting on a job that it changed. Waiters re-read the job from Redis, so a missed or coalesced wake-up
 //! costs nothing but a read; after Redis reconnects every waiter is woken to re-read.
 
 use std::collections::HashMap;
@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use cellport_core::JobId;
 use cellport_store::EventSubscriber;
-use cellport_store::events::decode_message;
+use cellport_store::events::decode_job_id;
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -20,14 +20,24 @@ pub struct JobWaits {
 pub struct Waiter<'a> {
     waits: &'a JobWaits,
     job: JobId,
-    pub notify: Arc<Notify>,
+    notify: Option<Arc<Notify>>,
+}
+
+impl Waiter<'_> {
+    pub fn notify(&self) -> &Notify {
+        self.notify.as_ref().expect("set until dropped")
+    }
 }
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         let mut jobs = self.waits.jobs.lock().expect("waits lock");
-        // Two references: this waiter's and the map's. Then nobody else waits on the job.
-        if Arc::strong_count(&self.notify) == 2 {
+        // Released under the lock, so of two waiters leaving at once the last one sees it.
+        drop(self.notify.take());
+        if jobs
+            .get(&self.job)
+            .is_some_and(|n| Arc::strong_count(n) == 1)
+        {
             jobs.remove(&self.job);
         }
     }
@@ -45,7 +55,7 @@ impl JobWaits {
         Waiter {
             waits: self,
             job,
-            notify,
+            notify: Some(notify),
         }
     }
 
@@ -70,16 +80,16 @@ impl JobWaits {
         self.len() == 0
     }
 
-    /// Wakes the waiters of every job event until the subscriber closes.
+    /// Wakes the waiters of every changed job until the subscriber closes.
     pub async fn listen(self: Arc<Self>, subscriber: EventSubscriber) {
         let mut messages = subscriber.messages();
         let mut reconnections = subscriber.reconnections();
         loop {
             tokio::select! {
                 message = messages.recv() => match message {
-                    Ok(message) => match decode_message(&message) {
-                        Ok(envelope) => self.wake(envelope.job_id),
-                        Err(e) => tracing::warn!(error = %e, "undecodable event skipped"),
+                    Ok(message) => match decode_job_id(&message) {
+                        Some(job) => self.wake(job),
+                        None => tracing::warn!("undecodable change skipped"),
                     },
                     // Some events were missed: every waiter re-reads.
                     Err(RecvError::Lagged(_)) => self.wake_all(),

@@ -36,6 +36,8 @@ pub use metrics::GatewayMetrics;
 const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// A client silent this long is closed.
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+/// How often silence is checked (and a ping sent when one is due).
+const SILENCE_CHECK: Duration = Duration::from_secs(5);
 /// Close code for a client that cannot keep up.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// Close code sent on shutdown: reconnect (to another instance).
@@ -175,10 +177,21 @@ fn error_frame(message: impl std::fmt::Display, extra: Value) -> Message {
 /// One client connection: what it was sent, per job, so it never gets a seq twice.
 struct Connection {
     user: UserId,
-    outbox: Arc<Outbox>,
     store: Store,
     /// Job → the highest seq sent (or that the client said it has), and whether it was terminal.
     sent: HashMap<JobId, (u64, bool)>,
+}
+
+/// Jobs a connection keeps seqs for; past it, ended jobs are forgotten first.
+const MAX_TRACKED_JOBS: usize = 4096;
+
+/// What a client frame asks to send back.
+enum Reply {
+    Nothing,
+    Message(Message),
+    /// Stored events, sent straight away (not through the outbox, so no amount of them can
+    /// make the client look too slow).
+    Frames(Vec<hub::Queued>),
 }
 
 /// Whether a job's bar is live: a fresh page should show it at once.
@@ -196,9 +209,10 @@ impl Connection {
         record.audience.contains(&self.user)
     }
 
-    /// Queues the stored latest event of each job in `jobs` whose seq passes the one given,
-    /// and, with `live`, of each of the user's live jobs.
-    async fn recover(&self, jobs: Vec<(JobId, u64)>, live: bool) {
+    /// The stored latest event of each job in `jobs` whose seq passes the one given (the client
+    /// has up to it), and, with `live`, of each of the user's live jobs; jobs the user may not
+    /// see are passed over without a trace.
+    async fn recover(&mut self, jobs: Vec<(JobId, u64)>, live: bool) -> Vec<hub::Queued> {
         let mut wanted: HashMap<JobId, Option<u64>> =
             jobs.into_iter().map(|(id, seq)| (id, Some(seq))).collect();
         if live {
@@ -211,26 +225,33 @@ impl Connection {
                 Err(e) => tracing::warn!(user = %self.user, error = %e, "recent jobs unreadable"),
             }
         }
+        let store = &self.store;
         let reads = wanted
             .iter()
-            .map(|(id, after)| async move { (self.store.job_with_event(*id).await, *after) });
+            .map(|(id, after)| async move { (store.job_with_event(*id).await, *after) });
+        let mut due = Vec::new();
         for (read, after) in futures::future::join_all(reads).await {
             let (record, envelope) = match read {
-                Ok(Some((record, Some(envelope)))) => (record, envelope),
+                Ok(Some((record, Some(envelope)))) if self.may_see(&record) => (record, envelope),
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(user = %self.user, error = %e, "latest event unreadable");
                     continue;
                 }
             };
-            let due = match after {
-                Some(after) => envelope.seq > after,
+            let wanted = match after {
+                Some(after) => {
+                    // The client has everything up to `after`: never send it anything older.
+                    self.remember(envelope.job_id, after, false);
+                    envelope.seq > after
+                }
                 None => is_live(&record),
             };
-            if due && self.may_see(&record) {
-                self.outbox.push(hub::Queued::of(&envelope));
+            if wanted {
+                due.push(hub::Queued::of(&envelope));
             }
         }
+        due
     }
 
     /// Every job this connection has heard of, with the seq it has.
@@ -238,45 +259,61 @@ impl Connection {
         self.sent.iter().map(|(id, (seq, _))| (*id, *seq)).collect()
     }
 
-    /// Whether `envelope`-like frame `(job, seq)` is new to this client; records it if so.
-    fn first_time(&mut self, job: JobId, seq: u64, terminal: bool) -> bool {
-        match self.sent.get(&job) {
-            Some((sent, _)) if seq <= *sent => false,
-            _ => {
-                self.sent.insert(job, (seq, terminal));
-                true
+    /// Raises the job's known seq to `seq`.
+    fn remember(&mut self, job: JobId, seq: u64, terminal: bool) {
+        if self.sent.len() >= MAX_TRACKED_JOBS && !self.sent.contains_key(&job) {
+            self.sent.retain(|_, (_, ended)| !*ended);
+            if self.sent.len() >= MAX_TRACKED_JOBS {
+                return;
             }
+        }
+        let entry = self.sent.entry(job).or_insert((seq, terminal));
+        if seq >= entry.0 {
+            *entry = (seq, terminal);
         }
     }
 
+    /// Whether frame `(job, seq)` is new to this client; records it if so.
+    fn first_time(&mut self, frame: &hub::Queued) -> bool {
+        if self
+            .sent
+            .get(&frame.job)
+            .is_some_and(|(sent, _)| frame.seq <= *sent)
+        {
+            return false;
+        }
+        self.remember(frame.job, frame.seq, frame.terminal);
+        true
+    }
+
     /// Answers one client frame.
-    async fn answer(&mut self, text: &str) -> Option<Message> {
+    async fn answer(&mut self, text: &str) -> Reply {
         let parsed: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(_) => {
-                return Some(error_frame(
+                return Reply::Message(error_frame(
                     "expected a JSON object with an \"action\"",
                     json!({}),
                 ));
             }
         };
         match parsed.get("action").and_then(Value::as_str) {
-            Some("ping") => Some(frame(json!({"event": "pong"}))),
+            Some("ping") => Reply::Message(frame(json!({"event": "pong"}))),
             Some("resume") => self.resume(&parsed).await,
             Some("cancel") => self.cancel(&parsed).await,
-            Some(other) => Some(error_frame(
+            Some(other) => Reply::Message(error_frame(
                 format!("unsupported action {other:?}"),
                 json!({"action": other}),
             )),
-            None => Some(error_frame(
+            None => Reply::Message(error_frame(
                 "expected a JSON object with an \"action\"",
                 json!({}),
             )),
         }
     }
 
-    async fn resume(&mut self, request: &Value) -> Option<Message> {
-        let bad = |message: &str| Some(error_frame(message, json!({"action": "resume"})));
+    async fn resume(&mut self, request: &Value) -> Reply {
+        let bad = |message: &str| Reply::Message(error_frame(message, json!({"action": "resume"})));
         let Some(jobs) = request.get("jobs").and_then(Value::as_object) else {
             return bad("resume needs \"jobs\": {jobId: lastSeq}");
         };
@@ -288,22 +325,19 @@ impl Connection {
             let (Ok(id), Some(seq)) = (id.parse::<JobId>(), seq.as_u64()) else {
                 return bad("resume needs job ids mapped to non-negative integer seqs");
             };
-            // The client has everything up to `seq`: never send it anything older.
-            let entry = self.sent.entry(id).or_insert((seq, false));
-            entry.0 = entry.0.max(seq);
-            named.push((id, entry.0));
+            let sent = self.sent.get(&id).map_or(0, |(sent, _)| *sent);
+            named.push((id, seq.max(sent)));
         }
-        self.recover(named, true).await;
-        None
+        Reply::Frames(self.recover(named, true).await)
     }
 
-    async fn cancel(&mut self, request: &Value) -> Option<Message> {
+    async fn cancel(&mut self, request: &Value) -> Reply {
         let job = request
             .get("jobId")
             .and_then(Value::as_str)
             .unwrap_or_default();
         let refuse = |code: &str, message: String| {
-            Some(error_frame(
+            Reply::Message(error_frame(
                 message,
                 json!({"action": "cancel", "jobId": job, "code": code}),
             ))
@@ -318,10 +352,31 @@ impl Connection {
         };
         // Success needs no reply: the job's `export:cancelled` event reaches this client.
         match cellport_api::cancel_job(&self.store, record).await {
-            Ok(_) => None,
+            Ok(_) => Reply::Nothing,
             Err(e) => refuse(e.code, e.message),
         }
     }
+}
+
+type Sink = futures::stream::SplitSink<WebSocket, Message>;
+
+/// Writes the frames the client has not had yet, then flushes; `false` when the socket broke.
+async fn send_frames(
+    sink: &mut Sink,
+    conn: &mut Connection,
+    frames: Vec<hub::Queued>,
+    metrics: &GatewayMetrics,
+) -> bool {
+    for frame in frames {
+        if !conn.first_time(&frame) {
+            continue;
+        }
+        if sink.feed(Message::Text(frame.frame)).await.is_err() {
+            return false;
+        }
+        metrics.frames_sent.inc();
+    }
+    sink.flush().await.is_ok()
 }
 
 enum Closing {
@@ -334,64 +389,82 @@ async fn serve_socket(state: GatewayState, caller: Caller, socket: WebSocket) {
     let outbox = Arc::new(Outbox::default());
     let id = state.hub.register(caller.user.clone(), outbox.clone());
     tracing::debug!(user = %caller.user, conn = id, "client connected");
+    let metrics = &state.hub.metrics;
     let mut conn = Connection {
         user: caller.user.clone(),
-        outbox: outbox.clone(),
         store: state.store.clone(),
         sent: HashMap::new(),
     };
     let (mut sink, mut stream) = socket.split();
-    conn.recover(Vec::new(), true).await;
-    let mut ping = tokio::time::interval(PING_INTERVAL);
-    ping.tick().await;
+    let live = conn.recover(Vec::new(), true).await;
+    let mut check = tokio::time::interval(SILENCE_CHECK);
+    check.tick().await;
     let mut last_heard = tokio::time::Instant::now();
-    let closing = 'socket: loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => break Closing::With(CLOSE_RECONNECT, "server restarting: reconnect"),
-            _ = outbox.ready.notified() => loop {
-                match outbox.next() {
-                    hub::Next::Send(q) => {
-                        if !conn.first_time(q.job, q.seq, q.terminal) {
-                            continue;
+    let mut last_ping = tokio::time::Instant::now();
+    let closing = if send_frames(&mut sink, &mut conn, live, metrics).await {
+        'socket: loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => break Closing::With(CLOSE_RECONNECT, "server restarting: reconnect"),
+                _ = outbox.ready.notified() => loop {
+                    match outbox.next() {
+                        hub::Next::Send(q) => {
+                            if !conn.first_time(&q) {
+                                continue;
+                            }
+                            if sink.feed(Message::Text(q.frame)).await.is_err() {
+                                break 'socket Closing::Gone;
+                            }
+                            metrics.frames_sent.inc();
                         }
-                        if sink.feed(Message::Text(q.frame)).await.is_err() {
-                            break 'socket Closing::Gone;
+                        hub::Next::Recover => {
+                            let frames = conn.recover(conn.known(), true).await;
+                            if !send_frames(&mut sink, &mut conn, frames, metrics).await {
+                                break 'socket Closing::Gone;
+                            }
                         }
-                        state.hub.metrics.frames_sent.inc();
-                    }
-                    hub::Next::Recover => conn.recover(conn.known(), true).await,
-                    hub::Next::Idle => {
-                        if sink.flush().await.is_err() {
-                            break 'socket Closing::Gone;
+                        hub::Next::Idle => {
+                            if sink.flush().await.is_err() {
+                                break 'socket Closing::Gone;
+                            }
+                            break;
                         }
-                        break;
+                        hub::Next::TooSlow => break 'socket Closing::With(CLOSE_TOO_SLOW, "client too slow"),
                     }
-                    hub::Next::TooSlow => break 'socket Closing::With(CLOSE_TOO_SLOW, "client too slow"),
-                }
-            },
-            incoming = stream.next() => match incoming {
-                Some(Ok(message)) => {
-                    last_heard = tokio::time::Instant::now();
-                    let reply = match &message {
-                        Message::Text(text) => conn.answer(text.as_str()).await,
-                        Message::Close(_) => break Closing::Gone,
-                        _ => None,
-                    };
-                    if let Some(reply) = reply && sink.send(reply).await.is_err() {
-                        break Closing::Gone;
+                },
+                incoming = stream.next() => match incoming {
+                    Some(Ok(message)) => {
+                        last_heard = tokio::time::Instant::now();
+                        let reply = match &message {
+                            Message::Text(text) => conn.answer(text.as_str()).await,
+                            Message::Close(_) => break Closing::Gone,
+                            _ => Reply::Nothing,
+                        };
+                        let sent = match reply {
+                            Reply::Nothing => true,
+                            Reply::Message(m) => sink.send(m).await.is_ok(),
+                            Reply::Frames(frames) => send_frames(&mut sink, &mut conn, frames, metrics).await,
+                        };
+                        if !sent {
+                            break Closing::Gone;
+                        }
                     }
-                }
-                Some(Err(_)) | None => break Closing::Gone,
-            },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > SILENCE_LIMIT {
-                    break Closing::With(1001, "silent too long");
-                }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break Closing::Gone;
+                    Some(Err(_)) | None => break Closing::Gone,
+                },
+                _ = check.tick() => {
+                    if last_heard.elapsed() >= SILENCE_LIMIT {
+                        break Closing::With(1001, "silent too long");
+                    }
+                    if last_ping.elapsed() >= PING_INTERVAL {
+                        last_ping = tokio::time::Instant::now();
+                        if sink.send(Message::Ping(Default::default())).await.is_err() {
+                            break Closing::Gone;
+                        }
+                    }
                 }
             }
         }
+    } else {
+        Closing::Gone
     };
     state.hub.unregister(&caller.user, id);
     if let Closing::With(code, reason) = closing {

@@ -168,9 +168,9 @@ impl Storage {
             .unwrap_or_else(|| PathBuf::from("staging"))
     }
 
-    /// Every archive, partial archive and staging area in storage (names it did not write are
-    /// left out). A missing directory is an empty one.
-    pub async fn inventory(&self) -> io::Result<Vec<Stored>> {
+    /// Every archive, partial archive and staging area in storage with when it last changed
+    /// (names it did not write are left out). A missing directory is an empty one.
+    pub async fn inventory(&self) -> io::Result<Vec<(Stored, std::time::SystemTime)>> {
         let mut found = Vec::new();
         for (dir, staging) in [(self.archives.clone(), false), (self.staging_root(), true)] {
             let mut entries = match tokio::fs::read_dir(&dir).await {
@@ -187,7 +187,9 @@ impl Storage {
                 } else {
                     Stored::from_archive_name(&name)
                 };
-                found.extend(item);
+                if let Some(item) = item {
+                    found.push((item, entry.metadata().await?.modified()?));
+                }
             }
         }
         Ok(found)
@@ -287,7 +289,13 @@ mod tests {
             .await
             .unwrap();
 
-        let mut found = storage.inventory().await.unwrap();
+        let mut found: Vec<Stored> = storage
+            .inventory()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(item, _)| item)
+            .collect();
         found.sort_by_key(|s| format!("{s:?}"));
         let archive = Stored::Archive {
             job: done,
@@ -307,6 +315,8 @@ mod tests {
         for item in [&partial, &staging] {
             storage.remove_stored(item).await.unwrap();
         }
-        assert_eq!(storage.inventory().await.unwrap(), vec![archive]);
+        let left = storage.inventory().await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, archive);
     }
 }

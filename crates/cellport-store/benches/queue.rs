@@ -11,7 +11,7 @@ use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
 use cellport_core::{CancelReason, ExportJob, ExportOptions, JobId, JobRecord};
-use cellport_store::events::decode_cancellation;
+use cellport_store::events::decode_job_id;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, QueueConfig, Store};
 use cellport_testkit::{RedisOptions, RedisServer, wait_until};
 use time::OffsetDateTime;
@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         loop {
             let message = messages.recv().await?;
-            if decode_cancellation(&message) == Some(id) {
+            if decode_job_id(&message) == Some(id) {
                 break;
             }
         }

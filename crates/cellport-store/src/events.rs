@@ -61,9 +61,14 @@ impl EventSubscriber {
         Self::connect_to(url, keys::EVENTS_CHANNEL).await
     }
 
-    /// The ids of cancelled jobs (decode with [`decode_cancellation`]).
+    /// The ids of cancelled jobs (decode with [`decode_job_id`]).
     pub async fn cancellations(url: &str) -> Result<EventSubscriber, StoreError> {
         Self::connect_to(url, keys::CANCEL_CHANNEL).await
+    }
+
+    /// The id of every job a commit changed (decode with [`decode_job_id`]).
+    pub async fn changes(url: &str) -> Result<EventSubscriber, StoreError> {
+        Self::connect_to(url, keys::CHANGES_CHANNEL).await
     }
 
     async fn connect_to(url: &str, channel: &'static str) -> Result<EventSubscriber, StoreError> {
@@ -98,7 +103,7 @@ pub fn decode_message(message: &fred::types::Message) -> Result<Envelope, StoreE
     Envelope::decode(bytes).map_err(|e| StoreError::corrupt(keys::EVENTS_CHANNEL, e))
 }
 
-/// Decodes a message of the cancellations channel: the cancelled job's id.
-pub fn decode_cancellation(message: &fred::types::Message) -> Option<JobId> {
+/// Decodes a message of the cancellations or changes channel: a job id.
+pub fn decode_job_id(message: &fred::types::Message) -> Option<JobId> {
     message.value.as_str()?.parse().ok()
 }

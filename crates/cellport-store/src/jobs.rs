@@ -477,6 +477,7 @@ impl Store {
                             .unwrap_or_default(),
                     ),
                     Value::from(duration.map(|(_, ms)| ms as i64).unwrap_or_default()),
+                    Value::from(keys::CHANGES_CHANNEL),
                 ],
             )
             .await

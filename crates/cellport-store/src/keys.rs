@@ -22,6 +22,9 @@ pub(crate) const WORKER_HOSTS: &str = "cellport:worker_hosts";
 pub(crate) const STATS: &str = "cellport:stats";
 /// The pub/sub channel of every job event.
 pub const EVENTS_CHANNEL: &str = "cellport:events";
+/// The pub/sub channel on which every commit announces its job's id (with or without an
+/// event): what long-polls wait on.
+pub const CHANGES_CHANNEL: &str = "cellport:changes";
 /// The pub/sub channel on which a cancelled job's id is announced to the workers.
 pub const CANCEL_CHANNEL: &str = "cellport:cancellations";
 

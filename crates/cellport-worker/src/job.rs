@@ -118,7 +118,7 @@ pub(crate) async fn run_export(
         .running
         .lock()
         .expect("running jobs")
-        .insert(job_id, cancel.clone());
+        .insert(job_id, (lease.fence, cancel.clone()));
     let renewer = tokio::spawn(renew_lease(
         state.store.clone(),
         job_id,
@@ -140,7 +140,17 @@ pub(crate) async fn run_export(
     let result = run_attempts(&running, record).await;
     renewer.abort();
     watcher.abort();
-    state.running.lock().expect("running jobs").remove(&job_id);
+    {
+        // Only this run's entry: a newer run of the same job here (a duplicate queue entry
+        // that took the lease over) keeps its own.
+        let mut here = state.running.lock().expect("running jobs");
+        if here
+            .get(&job_id)
+            .is_some_and(|(fence, _)| *fence == lease.fence)
+        {
+            here.remove(&job_id);
+        }
+    }
     if running.lease_lost.load(Ordering::SeqCst) {
         // Another worker has the job now: its entry must stay theirs, unacknowledged by us.
         return Err(JobError::LeaseLost);

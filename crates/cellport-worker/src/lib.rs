@@ -23,7 +23,7 @@ use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
 use cellport_core::JobId;
 use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
-use cellport_store::events::decode_cancellation;
+use cellport_store::events::decode_job_id;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, QueueConfig, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -79,8 +79,9 @@ pub(crate) struct WorkerState {
     pub(crate) item_parallelism: usize,
     /// Cancelled when the process shuts down: running exports stop and hand their jobs back.
     pub(crate) shutdown: CancellationToken,
-    /// The jobs running here, to stop one the moment its cancellation is announced.
-    pub(crate) running: Mutex<HashMap<JobId, CancellationToken>>,
+    /// The jobs running here (with the fence of the run), to stop one the moment its
+    /// cancellation is announced.
+    pub(crate) running: Mutex<HashMap<JobId, (u64, CancellationToken)>>,
 }
 
 /// A worker name unique across the fleet: host, pid and a random suffix.
@@ -127,8 +128,9 @@ async fn listen_for_cancellations(subscriber: EventSubscriber, state: Arc<Worker
         };
         match message {
             Ok(message) => {
-                if let Some(job_id) = decode_cancellation(&message)
-                    && let Some(token) = state.running.lock().expect("running jobs").get(&job_id)
+                if let Some(job_id) = decode_job_id(&message)
+                    && let Some((_, token)) =
+                        state.running.lock().expect("running jobs").get(&job_id)
                 {
                     tracing::info!(job_id = %job_id, "cancellation received");
                     token.cancel();

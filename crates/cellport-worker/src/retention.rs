@@ -111,27 +111,47 @@ pub(crate) async fn requeue_stranded(
     Ok(stranded.len())
 }
 
+/// Storage older than this may be a leftover; anything newer is left alone whatever Redis says,
+/// so a worker pointed at the wrong (or an emptied) Redis cannot sweep a live fleet's files.
+const LEFTOVER_MIN_AGE: Duration = Duration::from_secs(3600);
+
 /// Removes what no job will use again: archives and partial archives of stale attempts (a
 /// fence older than the job's) or of jobs that failed or were cancelled, partial archives and
-/// staging areas of ended jobs, and anything of a job Redis does not know.
+/// staging areas of ended jobs, and anything of a job Redis does not know. Only files untouched
+/// for an hour are considered, and nothing is removed when Redis knows none of their jobs.
 pub(crate) async fn remove_leftovers(store: &Store, storage: &Storage) -> anyhow::Result<usize> {
-    let mut removed = 0;
-    for item in storage.inventory().await? {
-        let leftover = match (store.job_fence(item.job()).await?, &item) {
-            (None, _) => true,
-            (Some((status, _)), Stored::Staging { .. }) => status.is_terminal(),
-            (Some((status, current)), Stored::Partial { fence, .. }) => {
-                *fence < current || status.is_terminal()
-            }
-            (Some((status, current)), Stored::Archive { fence, .. }) => {
-                *fence < current || matches!(status, JobStatus::Failed | JobStatus::Cancelled)
-            }
-        };
+    let now = std::time::SystemTime::now();
+    let mut judged = Vec::new();
+    let mut known = false;
+    for (item, modified) in storage.inventory().await? {
+        let state = store.job_fence(item.job()).await?;
+        known |= state.is_some();
+        let old = now.duration_since(modified).unwrap_or_default() >= LEFTOVER_MIN_AGE;
+        let leftover = old
+            && match (state, &item) {
+                (None, _) => true,
+                (Some((status, _)), Stored::Staging { .. }) => status.is_terminal(),
+                (Some((status, current)), Stored::Partial { fence, .. }) => {
+                    *fence < current || status.is_terminal()
+                }
+                (Some((status, current)), Stored::Archive { fence, .. }) => {
+                    *fence < current || matches!(status, JobStatus::Failed | JobStatus::Cancelled)
+                }
+            };
         if leftover {
-            storage.remove_stored(&item).await?;
-            tracing::info!(job_id = %item.job(), item = ?item, "leftover removed");
-            removed += 1;
+            judged.push(item);
         }
     }
-    Ok(removed)
+    if !known && !judged.is_empty() {
+        tracing::warn!(
+            files = judged.len(),
+            "redis knows none of the jobs in storage: not removing anything (wrong or emptied redis?)"
+        );
+        return Ok(0);
+    }
+    for item in &judged {
+        storage.remove_stored(item).await?;
+        tracing::info!(job_id = %item.job(), item = ?item, "leftover removed");
+    }
+    Ok(judged.len())
 }

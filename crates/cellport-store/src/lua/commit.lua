@@ -19,6 +19,7 @@
 -- ARGV[11] how long a recent-jobs index remembers a job (ms)
 -- ARGV[12] the duration histogram's bucket field when the job completes, or ''
 -- ARGV[13] the job's processing time (ms) when it completes
+-- ARGV[14] the changes channel: every commit announces the job id there, event or not
 -- Returns the new seq, -1 when the job does not exist, -2 when the seq moved on,
 -- -3 when the job is in a state that admits no change, -4 when the writer's lease is gone.
 local cur = redis.call('HGET', KEYS[1], 'seq')
@@ -35,6 +36,7 @@ if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[5], ARGV[4])
   redis.call('HINCRBY', KEYS[5], 'events_published', 1)
 end
+redis.call('PUBLISH', ARGV[14], ARGV[8])
 local new = ARGV[2]
 if new ~= status then
   redis.call('HINCRBY', KEYS[5], 'jobs:' .. status, -1)
