@@ -63,6 +63,7 @@ impl AppState {
     /// Connects to Redis and starts listening for job changes (for long-polls).
     pub async fn connect(config: &ApiConfig) -> anyhow::Result<AppState> {
         let store = Store::connect(&config.redis_url).await?;
+        store.migrate().await?;
         let waits = Arc::new(JobWaits::default());
         let subscriber = EventSubscriber::changes(&config.redis_url).await?;
         tokio::spawn(waits.clone().listen(subscriber));

@@ -16,6 +16,13 @@ pub(crate) const WORKERS: &str = "cellport:workers";
 /// same call that makes it pending, and leaves once its queue entry is written or it starts, so
 /// a crash between the two leaves it here for the reconciler instead of stranding it.
 pub(crate) const UNQUEUED: &str = "cellport:unqueued";
+/// The data layout version (see `migrate.rs`), and the lock of the process migrating to it.
+pub(crate) const SCHEMA: &str = "cellport:schema";
+pub(crate) const SCHEMA_LOCK: &str = "cellport:schema:lock";
+/// Every job hash (checkpoint hashes share the prefix but are not hashes of jobs' records).
+pub(crate) const JOB_PATTERN: &str = "cellport:job:*";
+/// Every project history.
+pub(crate) const PROJECT_JOBS_PATTERN: &str = "cellport:project:*:jobs";
 /// Worker name → the host it runs on.
 pub(crate) const WORKER_HOSTS: &str = "cellport:worker_hosts";
 /// Fleet-wide counters: jobs by status, events published, items processed, job durations.

@@ -9,6 +9,7 @@
 pub mod events;
 mod jobs;
 mod keys;
+mod migrate;
 pub mod queue;
 mod stats;
 

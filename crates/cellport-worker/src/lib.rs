@@ -156,6 +156,7 @@ pub async fn run(
         stop_on_signal.cancel();
     });
     let store = connect_with_retry(&config.redis_url, &stop).await?;
+    store.migrate().await?;
     let mut queue_config = QueueConfig::new(name.clone());
     queue_config.host = cellport_runtime::host_name();
     queue_config.reclaim_idle = config

@@ -338,3 +338,45 @@ async fn pending_jobs_stay_listed_until_queued_or_started() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_of_the_first_layout_is_migrated_once() -> anyhow::Result<()> {
+    use fred::prelude::*;
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    assert!(store.migrate().await?, "a fresh Redis is stamped");
+    assert!(!store.migrate().await?, "once");
+
+    // What the first layout left: history scored by creation time, no counters, no stamp.
+    let records: Vec<JobRecord> = (0..3).map(|_| new_record()).collect();
+    for record in &records {
+        store.create_job(record, 100, None).await?;
+    }
+    let raw = Builder::from_config(Config::from_url(&redis.url())?).build()?;
+    raw.init().await?;
+    for (i, record) in records.iter().enumerate() {
+        // Scores out of id order, as creation times of other clocks could be.
+        let _: i64 = raw
+            .zadd(
+                "cellport:project:p1:jobs",
+                None,
+                None,
+                false,
+                false,
+                ((10 - i) as f64 * 1000.0, record.job.id.to_string()),
+            )
+            .await?;
+    }
+    let _: i64 = raw.del(vec!["cellport:stats", "cellport:schema"]).await?;
+
+    // Two processes start at once: one migrates.
+    let (a, b) = tokio::join!(store.migrate(), store.migrate());
+    assert_eq!([a?, b?].iter().filter(|m| **m).count(), 1);
+    let (page, _) = store.history(&"p1".parse()?, None, 10).await?;
+    let ids: Vec<_> = page.iter().map(|r| r.job.id).collect();
+    let mut expected: Vec<_> = records.iter().map(|r| r.job.id).collect();
+    expected.reverse();
+    assert_eq!(ids, expected, "newest first again");
+    assert_eq!(store.fleet_stats().await?.jobs_with("pending"), 3);
+    Ok(())
+}
