@@ -4,6 +4,8 @@ use cellport_core::{JobId, ProjectId, UserId};
 
 /// The stream that holds waiting and in-flight export jobs.
 pub(crate) const QUEUE_STREAM: &str = "cellport:queue";
+/// The consumer that holds handed-back entries until a worker's reclaim round takes them.
+pub(crate) const HANDED_BACK_CONSUMER: &str = "handed-back";
 /// The consumer group all workers read the queue through.
 pub(crate) const QUEUE_GROUP: &str = "workers";
 /// Completed job id → when its archive expires (ms since the epoch).

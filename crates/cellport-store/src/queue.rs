@@ -242,19 +242,35 @@ impl StreamPersistence {
     }
 
     async fn ack(&self, ids: Vec<String>) -> Result<u64, StoreError> {
-        self.on_entries(&self.store.scripts.ack, ids).await
-    }
-
-    /// Runs one of the entry scripts (`ack.lua`, `handback.lua`) over `ids` of the group.
-    async fn on_entries(
-        &self,
-        script: &fred::types::scripts::Script,
-        ids: Vec<String>,
-    ) -> Result<u64, StoreError> {
         let mut args = vec![Value::from(keys::QUEUE_GROUP)];
         args.extend(ids.into_iter().map(Value::from));
-        Ok(script
+        Ok(self
+            .store
+            .scripts
+            .ack
             .evalsha_with_reload(self.store.client(), vec![keys::QUEUE_STREAM], args)
+            .await?)
+    }
+}
+
+/// Idle time given to handed-back entries: far past any `reclaim_idle`, so the next reclaim takes them.
+const HANDED_BACK_IDLE: Duration = Duration::from_secs(24 * 3600);
+
+impl Store {
+    /// Hands queue entries back in place: the next reclaim round of any worker takes them, in
+    /// their original order and ahead of entries never started (a job stopped by a deploy keeps
+    /// its place in the queue). Returns how many were still pending and handed back.
+    pub async fn hand_back_entries(&self, ids: Vec<String>) -> Result<u64, StoreError> {
+        let mut args = vec![
+            Value::from(keys::QUEUE_GROUP),
+            Value::from(keys::HANDED_BACK_CONSUMER),
+            Value::from(HANDED_BACK_IDLE.as_millis() as i64),
+        ];
+        args.extend(ids.into_iter().map(Value::from));
+        Ok(self
+            .scripts
+            .handback
+            .evalsha_with_reload(self.client(), vec![keys::QUEUE_STREAM], args)
             .await?)
     }
 }
@@ -335,7 +351,7 @@ impl Persistence for StreamPersistence {
                     // Left pending: the entry is delivered again once reclaimed, and the
                     // job's record tells the next worker where it stands.
                     Err(e) => {
-                        tracing::warn!(entry = %result.task_id, error = %e, "job handler failed: entry left pending")
+                        tracing::info!(entry = %result.task_id, error = %e, "job not finished here: entry left pending")
                     }
                 }
             }
@@ -371,7 +387,7 @@ impl StreamPersistence {
         if ids.is_empty() {
             return Ok(0);
         }
-        let n = self.on_entries(&self.store.scripts.handback, ids).await?;
+        let n = self.store.hand_back_entries(ids).await?;
         tracing::info!(
             worker = worker.name(),
             entries = n,
@@ -548,7 +564,8 @@ impl<Args> futures::Sink<Task<Vec<u8>>> for JobQueue<Args> {
 }
 
 impl Store {
-    /// Queue depth in two Redis calls: entries waiting for a worker, and entries in flight.
+    /// Queue depth in two Redis calls: entries waiting for a worker (handed-back ones included),
+    /// and entries a worker holds.
     pub async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
         let len: u64 = self.client().xlen(keys::QUEUE_STREAM).await?;
         let pending: Value = self
@@ -556,11 +573,20 @@ impl Store {
             .xpending(keys::QUEUE_STREAM, keys::QUEUE_GROUP, ())
             .await
             .unwrap_or(Value::Null);
-        let in_flight = pending
-            .into_array()
-            .first()
-            .and_then(|v| v.as_u64())
+        let mut summary = pending.into_array().into_iter();
+        let in_flight = summary.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        // Handed-back entries wait for a worker like entries never delivered.
+        let handed_back = summary
+            .nth(2)
+            .map(Value::into_array)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|pair| {
+                let (consumer, count): (String, u64) = pair.convert().ok()?;
+                (consumer == keys::HANDED_BACK_CONSUMER).then_some(count)
+            })
             .unwrap_or(0);
+        let in_flight = in_flight.saturating_sub(handed_back);
         Ok((len.saturating_sub(in_flight), in_flight))
     }
 }

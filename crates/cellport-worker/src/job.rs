@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use apalis_core::backend::TaskSink;
 use cellport_core::progress::ProgressTracker;
 use cellport_core::{ImageRecord, JobId, JobRecord, JobStatus, Project, TransitionError};
 use cellport_pipeline::{
     Checkpoints, ExportContext, ExportError, ExportInput, export_archive, plan_tasks,
 };
-use cellport_store::{ExportRequest, Lease, LeaseError, UpdateError};
+use cellport_store::{Lease, LeaseError, UpdateError};
 use futures::future::BoxFuture;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -42,6 +41,9 @@ pub(crate) enum JobError {
     LeaseHeld,
     #[error("the job's lease was lost to another worker")]
     LeaseLost,
+    /// Not a failure: the entry must stay pending (handed back) rather than be acknowledged.
+    #[error("handed back to the queue at shutdown")]
+    HandedBack,
 }
 
 impl<E: std::fmt::Display> From<UpdateError<E>> for JobError {
@@ -74,6 +76,8 @@ fn selected_images(
 struct Running<'a> {
     state: &'a WorkerState,
     job_id: JobId,
+    /// The job's queue entry, handed back in place at shutdown.
+    entry: &'a str,
     lease: Lease,
     cancel: CancellationToken,
     lease_lost: Arc<AtomicBool>,
@@ -133,6 +137,7 @@ pub(crate) async fn run_export(
     let running = Running {
         state,
         job_id,
+        entry,
         lease,
         cancel,
         lease_lost,
@@ -500,7 +505,9 @@ async fn fail(run: &Running<'_>, record: JobRecord, message: String) -> Result<(
     }
 }
 
-/// Shutdown: the job goes back to `pending` and a fresh queue entry lets another worker take it now.
+/// Shutdown: the job goes back to `pending` and its queue entry, left in place, goes to the
+/// next worker's reclaim round, so the job keeps its place in the queue. Answers
+/// [`JobError::HandedBack`] so that the entry is not acknowledged.
 async fn hand_back(run: &Running<'_>, record: JobRecord) -> Result<(), JobError> {
     let handed = run
         .state
@@ -514,17 +521,17 @@ async fn hand_back(run: &Running<'_>, record: JobRecord) -> Result<(), JobError>
         .await;
     match handed {
         Ok(_) => {
-            let mut producer = run.state.producer.clone();
-            producer
-                .push(ExportRequest { job_id: run.job_id })
+            let store = &run.state.store;
+            store
+                .hand_back_entries(vec![run.entry.to_owned()])
                 .await
                 .map_err(|e| JobError::Requeue(e.to_string()))?;
-            if let Err(e) = run.state.store.mark_queued(run.job_id).await {
+            if let Err(e) = store.mark_queued(run.job_id).await {
                 // The reconciler will queue it once more; the second entry finds it taken.
                 tracing::warn!(error = %e, "handed-back job not marked queued");
             }
             tracing::info!("worker shutting down: job handed back");
-            Ok(())
+            Err(JobError::HandedBack)
         }
         Err(UpdateError::Rejected(_) | UpdateError::NotFound) => Ok(()),
         Err(e) => Err(e.into()),

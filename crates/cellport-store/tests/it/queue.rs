@@ -106,3 +106,73 @@ async fn queue_depth_counts_waiting_and_in_flight() -> anyhow::Result<()> {
     handle.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_back_entry_runs_before_entries_never_started() -> anyhow::Result<()> {
+    use fred::prelude::*;
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let raw = Builder::from_config(Config::from_url(&redis.url())?).build()?;
+    raw.init().await?;
+    // The group as the first worker creates it; then three jobs queue up.
+    let _: () = raw
+        .xgroup_create("cellport:queue", "workers", "0", true)
+        .await?;
+    let mut producer = JobQueue::<ExportRequest>::producer(store.clone());
+    let ids: Vec<JobId> = (0..3).map(|_| JobId::new()).collect();
+    for id in &ids {
+        producer.push(ExportRequest { job_id: *id }).await?;
+    }
+    // A worker took the first and was stopped by a deploy: it hands the entry back.
+    let taken: Value = raw
+        .custom(
+            fred::types::CustomCommand::new_static(
+                "XREADGROUP",
+                fred::types::ClusterHash::FirstKey,
+                false,
+            ),
+            vec![
+                "GROUP",
+                "workers",
+                "w0",
+                "COUNT",
+                "1",
+                "STREAMS",
+                "cellport:queue",
+                ">",
+            ],
+        )
+        .await?;
+    // [[stream, [[id, fields]]]]
+    let nth = |v: Value, i: usize| v.into_array().into_iter().nth(i).unwrap_or(Value::Null);
+    let id = nth(nth(nth(nth(taken, 0), 1), 0), 0)
+        .as_string()
+        .expect("an entry id");
+    assert_eq!(store.queue_depth().await?, (2, 1));
+    assert_eq!(store.hand_back_entries(vec![id]).await?, 1);
+    assert_eq!(
+        store.queue_depth().await?,
+        (3, 0),
+        "handed back counts as waiting"
+    );
+
+    let seen: Seen = Arc::default();
+    let queue = JobQueue::<ExportRequest>::consumer(store.clone(), QueueConfig::new("w1")).await?;
+    let worker = WorkerBuilder::new("w1")
+        .backend(queue)
+        .data(seen.clone())
+        .build(record);
+    let handle = tokio::spawn(worker.run());
+    let all = wait_until(Duration::from_secs(20), || async {
+        seen.lock().unwrap().len() >= ids.len()
+    })
+    .await;
+    assert!(all, "seen: {:?}", seen.lock().unwrap());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ids,
+        "the handed-back job first, then in order"
+    );
+    handle.abort();
+    Ok(())
+}
