@@ -31,7 +31,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     if let Some(RefOr::T(body)) = document
         .paths
         .paths
-        .get_mut("/api/projects/{project}/export")
+        .get_mut("/api/projects/{projectId}/export")
         .and_then(|item| item.post.as_mut())
         .and_then(|operation| operation.request_body.as_mut())
     {

@@ -133,12 +133,12 @@ fn accepted(
 
 #[utoipa::path(
     post,
-    path = "/api/projects/{project}/export",
+    path = "/api/projects/{projectId}/export",
     tag = "exports",
     summary = "Start an export",
     description = "Queues an export; a repeated `Idempotency-Key` returns the job it started.",
     params(
-        ("project" = String, Path, description = "The project id"),
+        ("projectId" = String, Path, description = "The project id"),
         ("Idempotency-Key" = Option<String>, Header, max_length = 200,
             description = "Printable ASCII; repeating it returns the job it started"),
     ),
@@ -300,14 +300,14 @@ const MAX_WAIT: Duration = Duration::from_millis(30_000);
 /// N ms pass, then answers the current state.
 #[utoipa::path(
     get,
-    path = "/api/projects/{project}/export/{job}/status",
+    path = "/api/projects/{projectId}/export/{jobId}/status",
     tag = "exports",
     summary = "An export's status",
     description = "With both `after` and `waitMs` it long-polls: it answers as soon as the job's \
         `seq` exceeds `after`, or after `waitMs` with the current state.",
     params(
-        ("project" = String, Path, description = "The project id"),
-        ("job" = String, Path, format = "uuid", description = "The export job id"),
+        ("projectId" = String, Path, description = "The project id"),
+        ("jobId" = String, Path, format = "uuid", description = "The export job id"),
         ("after" = Option<u64>, Query, description = "The `seq` the caller has seen"),
         ("waitMs" = Option<u64>, Query,
             description = "How long to wait for a change; above 30000 is taken as 30000"),
@@ -366,13 +366,13 @@ async fn load_visible(state: &AppState, id: JobId) -> Result<ExportJob, ApiError
 
 #[utoipa::path(
     post,
-    path = "/api/projects/{project}/export/{job}/cancel",
+    path = "/api/projects/{projectId}/export/{jobId}/cancel",
     tag = "exports",
     summary = "Cancel an export",
     description = "Idempotent on a cancelled job.",
     params(
-        ("project" = String, Path, description = "The project id"),
-        ("job" = String, Path, format = "uuid", description = "The export job id"),
+        ("projectId" = String, Path, description = "The project id"),
+        ("jobId" = String, Path, format = "uuid", description = "The export job id"),
     ),
     responses(
         (status = 200, description = "The job, now cancelled", body = openapi::ExportJob),
@@ -485,14 +485,14 @@ fn downloadable(record: JobRecord) -> Result<(ExportJob, String), ApiError> {
 
 #[utoipa::path(
     get,
-    path = "/api/projects/{project}/export/{job}/download",
+    path = "/api/projects/{projectId}/export/{jobId}/download",
     tag = "exports",
     summary = "Download an export's archive",
     description = "Streams the ZIP; a single `Range` is answered with 206. Accepts a token from \
         `download-token` in the `token` query parameter.",
     params(
-        ("project" = String, Path, description = "The project id"),
-        ("job" = String, Path, format = "uuid", description = "The export job id"),
+        ("projectId" = String, Path, description = "The project id"),
+        ("jobId" = String, Path, format = "uuid", description = "The export job id"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=1000-`"),
         ("If-Range" = Option<String>, Header,
             description = "The ETag the range is for; another ETag gets the whole archive"),
@@ -569,14 +569,14 @@ pub(crate) async fn download(
 /// this one archive only.
 #[utoipa::path(
     post,
-    path = "/api/projects/{project}/export/{job}/download-token",
+    path = "/api/projects/{projectId}/export/{jobId}/download-token",
     tag = "exports",
     summary = "A signed download URL",
     description = "A URL valid for 10 minutes that downloads this archive without an \
         Authorization header.",
     params(
-        ("project" = String, Path, description = "The project id"),
-        ("job" = String, Path, format = "uuid", description = "The export job id"),
+        ("projectId" = String, Path, description = "The project id"),
+        ("jobId" = String, Path, format = "uuid", description = "The export job id"),
     ),
     responses(
         (status = 200, description = "The signed URL", body = DownloadToken),
@@ -638,12 +638,12 @@ fn cursor<T: std::str::FromStr>(name: &str, raw: Option<&str>) -> Result<Option<
 /// A project's exports, newest first, a page at a time (`nextCursor` is null on the last).
 #[utoipa::path(
     get,
-    path = "/api/projects/{project}/export/history",
+    path = "/api/projects/{projectId}/export/history",
     tag = "exports",
     summary = "A project's exports",
     description = "Newest first, a page at a time.",
     params(
-        ("project" = String, Path, description = "The project id"),
+        ("projectId" = String, Path, description = "The project id"),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 100,
             description = "Page size (default 20)"),
         ("before" = Option<String>, Query, description = "The `nextCursor` of the previous page"),
@@ -677,12 +677,12 @@ pub(crate) async fn history(
 /// A project's images in project order, a page at a time, to build `selectedImageIds`.
 #[utoipa::path(
     get,
-    path = "/api/projects/{project}/images",
+    path = "/api/projects/{projectId}/images",
     tag = "projects",
     summary = "A project's images",
     description = "In project order, a page at a time, to build `selectedImageIds`.",
     params(
-        ("project" = String, Path, description = "The project id"),
+        ("projectId" = String, Path, description = "The project id"),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000,
             description = "Page size (default 100)"),
         ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page"),

@@ -26,43 +26,43 @@ const ROUTES: &[(&str, &str, Auth, &[u16])] = &[
     ("GET", "/api/projects", Auth::User, &[200, 401, 503]),
     (
         "POST",
-        "/api/projects/{project}/export",
+        "/api/projects/{projectId}/export",
         Auth::User,
         &[202, 400, 401, 404, 409, 413, 422, 429, 503],
     ),
     (
         "GET",
-        "/api/projects/{project}/export/{job}/status",
+        "/api/projects/{projectId}/export/{jobId}/status",
         Auth::User,
         &[200, 400, 401, 404, 503],
     ),
     (
         "POST",
-        "/api/projects/{project}/export/{job}/cancel",
+        "/api/projects/{projectId}/export/{jobId}/cancel",
         Auth::User,
         &[200, 401, 404, 409, 503],
     ),
     (
         "GET",
-        "/api/projects/{project}/export/{job}/download",
+        "/api/projects/{projectId}/export/{jobId}/download",
         Auth::User,
         &[200, 206, 401, 404, 409, 410, 416, 503],
     ),
     (
         "POST",
-        "/api/projects/{project}/export/{job}/download-token",
+        "/api/projects/{projectId}/export/{jobId}/download-token",
         Auth::User,
         &[200, 401, 404, 409, 410, 503],
     ),
     (
         "GET",
-        "/api/projects/{project}/export/history",
+        "/api/projects/{projectId}/export/history",
         Auth::User,
         &[200, 400, 401, 404, 503],
     ),
     (
         "GET",
-        "/api/projects/{project}/images",
+        "/api/projects/{projectId}/images",
         Auth::User,
         &[200, 400, 401, 404, 503],
     ),
@@ -527,8 +527,8 @@ impl Api {
     }
 
     fn fill(&self, path: &str) -> String {
-        path.replace("{project}", &self.project)
-            .replace("{job}", &self.job)
+        path.replace("{projectId}", &self.project)
+            .replace("{jobId}", &self.job)
     }
 }
 
