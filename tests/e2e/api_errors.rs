@@ -6,17 +6,7 @@ use cellport_pipeline::synthetic::SyntheticSpec;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Stack, StackOptions};
-
-fn small() -> SyntheticSpec {
-    SyntheticSpec {
-        images: 2,
-        width: 64,
-        height: 64,
-        cells_per_image: 2,
-        ..SyntheticSpec::default()
-    }
-}
+use crate::support::{Stack, StackOptions, tiny};
 
 async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
@@ -33,9 +23,9 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
         ..StackOptions::default()
     })
     .await?;
-    let (project, _) = stack.import_synthetic("alice", small()).await?;
+    let (project, _) = stack.import_synthetic("alice", tiny(2)).await?;
     let (bobs, _) = stack
-        .import_synthetic("bob", SyntheticSpec { seed: 7, ..small() })
+        .import_synthetic("bob", SyntheticSpec { seed: 7, ..tiny(2) })
         .await?;
     let export_url = stack.url(&format!("/api/projects/{}/export", project.id));
     let alice = stack.token("alice");
@@ -208,7 +198,7 @@ async fn idempotency_key_and_per_user_limit_over_http() -> anyhow::Result<()> {
         ..StackOptions::default()
     })
     .await?;
-    let (project, _) = stack.import_synthetic("alice", small()).await?;
+    let (project, _) = stack.import_synthetic("alice", tiny(2)).await?;
     let url = stack.url(&format!("/api/projects/{}/export", project.id));
     let post = |key: Option<&'static str>| {
         let mut request = stack

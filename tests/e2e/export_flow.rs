@@ -6,7 +6,7 @@ use cellport_pipeline::synthetic::SyntheticSpec;
 use serde_json::{Value, json};
 
 use crate::archive::{check_archive, every_option, read_zip, source_images};
-use crate::support::{Stack, StackOptions};
+use crate::support::{Stack, StackOptions, tiny};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_streams_events_to_its_owner_only_and_downloads_a_complete_zip() -> anyhow::Result<()>
@@ -245,13 +245,7 @@ async fn unreadable_images_and_invalid_polygons_are_warnings_not_failures() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selected_images_are_the_export_in_project_order() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
-    let spec = SyntheticSpec {
-        images: 4,
-        width: 64,
-        height: 64,
-        cells_per_image: 2,
-        ..SyntheticSpec::default()
-    };
+    let spec = tiny(4);
     let (project, _) = stack.import_synthetic("alice", spec).await?;
     let project = project.id.as_str();
     let mut ws = stack.ws("alice").await?;

@@ -7,7 +7,7 @@ use cellport_store::Store;
 use serde_json::{Value, json};
 
 use crate::archive::{check_archive, every_option, source_images};
-use crate::support::{Stack, StackOptions, WsClient};
+use crate::support::{Stack, StackOptions, WsClient, tiny};
 
 /// Enough work that a job runs for a few seconds in a debug build, one item at a time.
 fn fleet_spec() -> SyntheticSpec {
@@ -394,13 +394,7 @@ async fn cancelled_jobs_stop_leave_nothing_and_never_complete() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_keeps_failing_fails_after_three_attempts() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
-    let spec = SyntheticSpec {
-        images: 3,
-        width: 64,
-        height: 64,
-        cells_per_image: 2,
-        ..SyntheticSpec::default()
-    };
+    let spec = tiny(3);
     let (project, _) = stack.import_synthetic("alice", spec).await?;
     // An image file lost from the store: every attempt fails reading it.
     let files = stack

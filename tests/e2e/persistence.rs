@@ -6,7 +6,7 @@ use cellport_pipeline::synthetic::SyntheticSpec;
 use cellport_testkit::wait_until;
 use serde_json::json;
 
-use crate::support::{Stack, StackOptions};
+use crate::support::{Stack, StackOptions, tiny};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_mid_queue_loses_no_job() -> anyhow::Result<()> {
@@ -79,13 +79,7 @@ async fn expired_archives_are_deleted_and_their_records_kept() -> anyhow::Result
         ..StackOptions::default()
     })
     .await?;
-    let spec = SyntheticSpec {
-        images: 2,
-        width: 64,
-        height: 64,
-        cells_per_image: 2,
-        ..SyntheticSpec::default()
-    };
+    let spec = tiny(2);
     let (project, _) = stack.import_synthetic("alice", spec).await?;
     let project = project.id.as_str();
     let job = stack.post_export("alice", project, json!({})).await?;
@@ -115,13 +109,7 @@ async fn expired_archives_are_deleted_and_their_records_kept() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_creator_died_before_queueing_it_still_runs() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
-    let spec = SyntheticSpec {
-        images: 2,
-        width: 64,
-        height: 64,
-        cells_per_image: 2,
-        ..SyntheticSpec::default()
-    };
+    let spec = tiny(2);
     let (project, _) = stack.import_synthetic("alice", spec).await?;
     // What an api instance that died right after creating the record leaves: a pending job
     // and no queue entry.
@@ -149,13 +137,7 @@ async fn a_job_whose_creator_died_before_queueing_it_still_runs() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_stale_attempts_and_ended_jobs_are_removed() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
-    let spec = SyntheticSpec {
-        images: 2,
-        width: 64,
-        height: 64,
-        cells_per_image: 2,
-        ..SyntheticSpec::default()
-    };
+    let spec = tiny(2);
     let (project, _) = stack.import_synthetic("alice", spec).await?;
     let project = project.id.as_str();
     let job = stack.post_export("alice", project, json!({})).await?;

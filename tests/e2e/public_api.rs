@@ -28,6 +28,26 @@ fn pending_only() -> StackOptions {
     }
 }
 
+/// A status request sent in the background; answers its body and how long it took.
+fn spawn_get(
+    stack: &Stack,
+    user: &str,
+    path: &str,
+) -> tokio::task::JoinHandle<anyhow::Result<(Value, Duration)>> {
+    let (http, url, token) = (stack.http.clone(), stack.url(path), stack.token(user));
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let body: Value = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok((body, started.elapsed()))
+    })
+}
+
 async fn code_of(response: reqwest::Response) -> (StatusCode, String) {
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -54,24 +74,11 @@ async fn long_poll_answers_on_the_next_change_or_at_the_timeout() -> anyhow::Res
     assert!(started.elapsed() < Duration::from_secs(2));
 
     // Waiting on seq 0: the cancel (seq 1) wakes it long before its 20 s timeout.
-    let waiting = {
-        let (http, url, token) = (
-            stack.http.clone(),
-            stack.url(&format!("{status_path}?after=0&waitMs=20000")),
-            stack.token("alice"),
-        );
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let body: Value = http
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            anyhow::Ok((body, started.elapsed()))
-        })
-    };
+    let waiting = spawn_get(
+        &stack,
+        "alice",
+        &format!("{status_path}?after=0&waitMs=20000"),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cancel = stack
         .http
@@ -104,24 +111,7 @@ async fn long_poll_answers_on_the_next_change_or_at_the_timeout() -> anyhow::Res
     // A change that publishes no event (a job handed back, an archive expiring) wakes it too.
     let quiet = stack.post_export("alice", project, json!({})).await?;
     let quiet_path = format!("/api/projects/{project}/export/{quiet}/status?after=0&waitMs=20000");
-    let waiting = {
-        let (http, url, token) = (
-            stack.http.clone(),
-            stack.url(&quiet_path),
-            stack.token("alice"),
-        );
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let body: Value = http
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            anyhow::Ok((body, started.elapsed()))
-        })
-    };
+    let waiting = spawn_get(&stack, "alice", &quiet_path);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let store = cellport_store::Store::connect(&stack.redis.url()).await?;
     store

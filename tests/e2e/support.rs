@@ -23,6 +23,17 @@ use crate::archive::{Entry, read_zip};
 
 pub const SECRET: &str = "test-secret";
 
+/// A project small enough to export in well under a second: `images` of 64×64, 2 cells each.
+pub fn tiny(images: usize) -> SyntheticSpec {
+    SyntheticSpec {
+        images,
+        width: 64,
+        height: 64,
+        cells_per_image: 2,
+        ..SyntheticSpec::default()
+    }
+}
+
 pub struct StackOptions {
     /// Run a worker inside the test process (fleet tests start worker processes instead).
     pub worker: bool,
