@@ -7,7 +7,9 @@ use cellport_store::Store;
 use serde_json::{Value, json};
 
 use crate::archive::{check_archive, every_option, source_images};
-use crate::support::{Stack, StackOptions, WsClient, tiny};
+use crate::support::{
+    Stack, StackOptions, WorkerProcess, WsClient, assert_seq_and_progress_ordered, tiny,
+};
 
 /// Enough work that a job runs for a few seconds in a debug build, one item at a time.
 fn fleet_spec() -> SyntheticSpec {
@@ -55,6 +57,28 @@ async fn events_until(
     (events, false)
 }
 
+/// Starts an export with every option and follows it until 15 items are done, so the worker
+/// is well under way; returns the job and its events so far.
+async fn export_under_way(
+    stack: &Stack,
+    ws: &mut WsClient,
+    project: &str,
+    worker: &WorkerProcess,
+) -> anyhow::Result<(String, Vec<Value>)> {
+    let job = stack
+        .post_export("alice", project, json!({ "options": every_option() }))
+        .await?;
+    let (events, reached) = events_until(
+        ws,
+        &job,
+        Duration::from_secs(60),
+        items_completed_at_least(15),
+    )
+    .await;
+    anyhow::ensure!(reached, "the export never got going: {}", worker.log());
+    Ok((job, events))
+}
+
 fn items_completed_at_least(n: u64) -> impl FnMut(&Value) -> bool {
     move |e| {
         e["event"] == "export:progress" && e["data"]["itemsCompleted"].as_u64().unwrap_or(0) >= n
@@ -77,23 +101,7 @@ fn completed_field(log: &str, key: &str) -> Option<u64> {
 }
 
 fn assert_ordered(events: &[Value]) {
-    let seqs: Vec<u64> = events
-        .iter()
-        .map(|e| e["data"]["seq"].as_u64().unwrap())
-        .collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "seq strictly increases: {seqs:?}"
-    );
-    let progress: Vec<f64> = events
-        .iter()
-        .filter(|e| e["event"] == "export:progress")
-        .map(|e| e["data"]["progress"].as_f64().unwrap())
-        .collect();
-    assert!(
-        progress.windows(2).all(|w| w[0] <= w[1]),
-        "progress never goes down: {progress:?}"
-    );
+    assert_seq_and_progress_ordered(events);
     assert_eq!(
         events.iter().filter(|e| is_terminal(e)).count(),
         1,
@@ -201,18 +209,7 @@ async fn a_paused_worker_that_lost_its_lease_writes_nothing() -> anyhow::Result<
     let project = project.id.as_str();
     let mut ws = stack.ws("alice").await?;
     let worker_a = stack.spawn_worker("worker-a", "2s", "3s")?;
-    let job = stack
-        .post_export("alice", project, json!({ "options": every_option() }))
-        .await?;
-
-    let (mut events, reached) = events_until(
-        &mut ws,
-        &job,
-        Duration::from_secs(60),
-        items_completed_at_least(15),
-    )
-    .await;
-    assert!(reached, "worker A never got going: {}", worker_a.log());
+    let (job, mut events) = export_under_way(&stack, &mut ws, project, &worker_a).await?;
     worker_a.signal("STOP")?;
     let worker_b = stack.spawn_worker("worker-b", "2s", "3s")?;
     // Worker B takes over (a second start), makes progress, then A wakes up.
@@ -258,17 +255,7 @@ async fn sigterm_hands_the_job_back_at_once() -> anyhow::Result<()> {
     let mut ws = stack.ws("alice").await?;
     // Leases and takeovers far longer than the test: only a hand-back lets worker B finish in time.
     let mut worker_a = stack.spawn_worker("worker-a", "60s", "120s")?;
-    let job = stack
-        .post_export("alice", project, json!({ "options": every_option() }))
-        .await?;
-    let (_, reached) = events_until(
-        &mut ws,
-        &job,
-        Duration::from_secs(60),
-        items_completed_at_least(15),
-    )
-    .await;
-    assert!(reached, "worker A never got going: {}", worker_a.log());
+    let (job, _) = export_under_way(&stack, &mut ws, project, &worker_a).await?;
 
     let signalled = Instant::now();
     worker_a.signal("TERM")?;
@@ -336,17 +323,7 @@ async fn cancelled_jobs_stop_leave_nothing_and_never_complete() -> anyhow::Resul
 
     // Running: cancelled mid-way; the worker stops and removes what it wrote.
     let worker = stack.spawn_worker("worker-a", "2s", "3s")?;
-    let running = stack
-        .post_export("alice", project, json!({ "options": every_option() }))
-        .await?;
-    let (mut events, reached) = events_until(
-        &mut ws,
-        &running,
-        Duration::from_secs(60),
-        items_completed_at_least(15),
-    )
-    .await;
-    assert!(reached, "{}", worker.log());
+    let (running, mut events) = export_under_way(&stack, &mut ws, project, &worker).await?;
     let asked = Instant::now();
     assert_eq!(cancel(running.clone()).await?["status"], "cancelled");
     let (rest, _) = events_until(&mut ws, &running, Duration::from_secs(5), is_terminal).await;

@@ -23,6 +23,27 @@ use crate::archive::{Entry, read_zip};
 
 pub const SECRET: &str = "test-secret";
 
+/// One job's events: `seq` strictly increases and `export:progress` never goes down.
+pub fn assert_seq_and_progress_ordered(events: &[Value]) {
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e["data"]["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq strictly increases: {seqs:?}"
+    );
+    let progress: Vec<f64> = events
+        .iter()
+        .filter(|e| e["event"] == "export:progress")
+        .map(|e| e["data"]["progress"].as_f64().unwrap())
+        .collect();
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress never goes down: {progress:?}"
+    );
+}
+
 /// A project small enough to export in well under a second: `images` of 64×64, 2 cells each.
 pub fn tiny(images: usize) -> SyntheticSpec {
     SyntheticSpec {
