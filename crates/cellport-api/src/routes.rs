@@ -329,29 +329,27 @@ pub(crate) async fn export_status(
     uri: Uri,
 ) -> Result<Json<ExportJob>, ApiError> {
     let params: StatusQuery = query(&uri)?;
-    let job = visible_job(&state, &caller, &project, &job).await?.job;
     let (Some(after), Some(wait_ms)) = (params.after, params.wait_ms) else {
-        return Ok(Json(job));
+        return Ok(Json(
+            visible_job(&state, &caller, &project, &job).await?.job,
+        ));
     };
     let deadline = Instant::now() + Duration::from_millis(wait_ms).min(MAX_WAIT);
-    let waiter = state.waits.wait_for(job.id);
-    let mut current = job;
+    let waiter = state.waits.wait_for(parse_job_id(&job)?);
+    // Armed before each read: a change between the read and the wait still wakes it.
+    let mut changed = Box::pin(waiter.notify().notified());
+    changed.as_mut().enable();
+    let mut current = visible_job(&state, &caller, &project, &job).await?.job;
     while current.seq <= after {
-        let changed = waiter.notify().notified();
-        tokio::pin!(changed);
-        // Armed before the read: a change between the read and the wait still wakes it.
-        changed.as_mut().enable();
-        current = load_visible(&state, current.id).await?;
-        if current.seq > after {
-            break;
-        }
         tokio::select! {
-            _ = changed => {}
+            _ = changed.as_mut() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                current = load_visible(&state, current.id).await?;
-                break;
+                return Ok(Json(load_visible(&state, current.id).await?));
             }
         }
+        changed.set(waiter.notify().notified());
+        changed.as_mut().enable();
+        current = load_visible(&state, current.id).await?;
     }
     Ok(Json(current))
 }

@@ -253,6 +253,20 @@ impl StreamPersistence {
     }
 }
 
+/// (waiting, held by a worker) from the stream's length, the group's pending count and its
+/// per-consumer pending counts: handed-back entries wait for a worker like entries never delivered.
+pub(crate) fn split_depth(len: u64, pending: u64, consumers: &[Value]) -> (u64, u64) {
+    let handed_back = consumers
+        .iter()
+        .find_map(|pair| {
+            let (consumer, count): (String, u64) = pair.clone().convert().ok()?;
+            (consumer == keys::HANDED_BACK_CONSUMER).then_some(count)
+        })
+        .unwrap_or(0);
+    let held = pending.saturating_sub(handed_back);
+    (len.saturating_sub(held), held)
+}
+
 /// Idle time given to handed-back entries: far past any `reclaim_idle`, so the next reclaim takes them.
 const HANDED_BACK_IDLE: Duration = Duration::from_secs(24 * 3600);
 
@@ -575,18 +589,7 @@ impl Store {
             .unwrap_or(Value::Null);
         let mut summary = pending.into_array().into_iter();
         let in_flight = summary.next().and_then(|v| v.as_u64()).unwrap_or(0);
-        // Handed-back entries wait for a worker like entries never delivered.
-        let handed_back = summary
-            .nth(2)
-            .map(Value::into_array)
-            .unwrap_or_default()
-            .into_iter()
-            .find_map(|pair| {
-                let (consumer, count): (String, u64) = pair.convert().ok()?;
-                (consumer == keys::HANDED_BACK_CONSUMER).then_some(count)
-            })
-            .unwrap_or(0);
-        let in_flight = in_flight.saturating_sub(handed_back);
-        Ok((len.saturating_sub(in_flight), in_flight))
+        let consumers = summary.nth(2).map(Value::into_array).unwrap_or_default();
+        Ok(split_depth(len, in_flight, &consumers))
     }
 }

@@ -95,13 +95,11 @@ impl Store {
         let mut next = || parts.next().ok_or_else(|| corrupt("short stats reply"));
         let counters: HashMap<String, i64> = next()?.convert()?;
         let oldest: Option<String> = next()?.convert()?;
-        let consumers: Vec<(String, u64)> = next()?
-            .into_array()
-            .into_iter()
-            .map(|pair| pair.convert())
-            .collect::<Result<_, _>>()?;
+        let consumers = next()?.into_array();
         let workers: Vec<(String, f64)> = next()?.convert()?;
         let hosts: Vec<String> = next()?.convert()?;
+        let length: u64 = next()?.convert()?;
+        let pending: u64 = next()?.convert()?;
 
         let counter = |field: &str| counters.get(field).copied().unwrap_or(0).max(0) as u64;
         let mut stats = FleetStats {
@@ -121,13 +119,15 @@ impl Store {
             .map(|le| (*le, counter(&format!("duration_le:{le}"))))
             .chain([(f64::INFINITY, counter("duration_le:+Inf"))])
             .collect();
-        let (waiting, _) = self.queue_depth().await?;
-        stats.queue_waiting = waiting;
+        (stats.queue_waiting, _) = crate::queue::split_depth(length, pending, &consumers);
         stats.oldest_queued_age = oldest
             .as_deref()
             .and_then(|id| id.split('-').next()?.parse::<i64>().ok())
             .map(|ms| Duration::from_millis((ms_of(now) - ms).max(0) as u64));
-        let running: HashMap<String, u64> = consumers.into_iter().collect();
+        let running: HashMap<String, u64> = consumers
+            .into_iter()
+            .filter_map(|pair| pair.convert().ok())
+            .collect();
         stats.workers = workers
             .into_iter()
             .zip(hosts)
