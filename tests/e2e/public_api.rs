@@ -502,6 +502,13 @@ async fn ops_see_queue_stats_and_metrics() -> anyhow::Result<()> {
             "{line} missing from:\n{text}"
         );
     }
+    assert_eq!(metric_in(&text, "cellport_redis_up"), 1);
+    let refused =
+        r#"cellport_http_requests_total{method="GET",route="/api/queue/stats",status="403"}"#;
+    assert_eq!(metric_in(&text, refused), 1, "{text}");
+    let timed =
+        r#"cellport_http_request_duration_seconds_count{method="GET",route="/api/queue/stats"}"#;
+    assert!(metric_in(&text, timed) >= 2, "{text}");
     let items = metric_in(&text, "cellport_items_processed_total");
     assert!(
         (3..=6).contains(&items),
@@ -573,5 +580,13 @@ async fn oversized_bodies_and_a_redis_outage_get_clear_errors() -> anyhow::Resul
     );
     let ready = stack.http.get(stack.url("/readyz")).send().await?;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The scrape still answers, and shows the outage.
+    let metrics = stack.http.get(stack.url("/metrics")).send().await?;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.text().await?;
+    assert_eq!(metric_in(&text, "cellport_redis_up"), 0);
+    assert!(!text.contains("cellport_queue_depth"), "{text}");
+    let failed = r#"cellport_http_requests_total{method="GET",route="/api/projects/{projectId}/export/{jobId}/status",status="503"}"#;
+    assert_eq!(metric_in(&text, failed), 1, "{text}");
     Ok(())
 }

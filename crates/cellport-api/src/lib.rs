@@ -4,6 +4,7 @@
 pub mod auth;
 mod download;
 pub mod error;
+mod http_metrics;
 pub mod openapi;
 mod ops;
 mod routes;
@@ -13,8 +14,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::{Router, middleware};
 use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
 use tokio::net::TcpListener;
@@ -22,6 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::{Caller, JwtKeys};
+pub use http_metrics::HttpMetrics;
 pub use routes::cancel_job;
 pub use waits::JobWaits;
 
@@ -51,6 +53,8 @@ pub struct AppState {
     pub max_active_per_user: u64,
     /// Requests long-polling a job's status, woken by its changes.
     pub waits: Arc<JobWaits>,
+    /// Requests this instance answered, for `/metrics`.
+    pub http_metrics: HttpMetrics,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -76,6 +80,7 @@ impl AppState {
             jwt: JwtKeys::new(&config.jwt_secret)?,
             events_url: config.events_url.clone(),
             max_active_per_user: config.max_active_per_user,
+            http_metrics: HttpMetrics::default(),
         })
     }
 }
@@ -104,6 +109,10 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(routes::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            http_metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -1,5 +1,6 @@
 //! For the ops team: `/api/queue/stats` (admins) and `/metrics` (Prometheus). Both read the
-//! fleet-wide counters in Redis, so every API instance answers the same.
+//! fleet-wide counters in Redis, so every API instance answers the same; `/metrics` adds the
+//! requests this instance answered.
 
 use axum::Json;
 use axum::extract::State;
@@ -72,25 +73,39 @@ pub(crate) async fn queue_stats(
     })))
 }
 
-/// Prometheus text (OpenMetrics) of the fleet. Unauthenticated, like every scrape target:
-/// it holds counts only, no job or user data.
+/// Prometheus text (OpenMetrics): the fleet's counters from Redis, and the requests this
+/// instance answered. Unauthenticated, like every scrape target: it holds counts only, no job
+/// or user data. With Redis down it still answers, with `cellport_redis_up 0` and the request
+/// counts (the 503s of the outage among them), so the scrape keeps its history.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "ops",
     summary = "Prometheus metrics",
-    description = "Queue depth, jobs by status, job durations, items processed, events \
-        published, workers alive.",
+    description = "Fleet (from Redis): queue depth, jobs by status, job durations, items \
+        processed, events published, workers alive. This instance: HTTP requests by route and \
+        status, and their durations. `cellport_redis_up` is 0, and the fleet metrics absent, \
+        while Redis does not answer.",
     responses(
         (status = 200, description = "OpenMetrics text", body = String,
             content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        (status = 503, description = "Redis is unavailable", body = ErrorBody),
     ),
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let stats = state.store.fleet_stats().await?;
+    let fleet = state.store.fleet_stats().await;
+    if let Err(error) = &fleet {
+        tracing::warn!(%error, "fleet metrics unavailable");
+    }
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(FleetCollector(stats)));
+    registry.register(
+        "cellport_redis_up",
+        "Whether Redis answered this scrape (the fleet metrics come from it)",
+        ConstGauge::new(i64::from(fleet.is_ok())),
+    );
+    if let Ok(stats) = fleet {
+        registry.register_collector(Box::new(FleetCollector(stats)));
+    }
+    state.http_metrics.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .map_err(ApiError::unavailable)?;

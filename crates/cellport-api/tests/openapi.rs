@@ -72,7 +72,7 @@ const ROUTES: &[(&str, &str, Auth, &[u16])] = &[
         Auth::Admin,
         &[200, 401, 403, 503],
     ),
-    ("GET", "/metrics", Auth::None, &[200, 503]),
+    ("GET", "/metrics", Auth::None, &[200]),
     ("GET", "/healthz", Auth::None, &[200]),
     ("GET", "/readyz", Auth::None, &[200, 503]),
 ];

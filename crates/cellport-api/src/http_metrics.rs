@@ -1,0 +1,106 @@
+//! Requests this API instance answered, by route and status: the per-instance half of
+//! `/metrics` (the fleet half comes from Redis). Labelled by route template, never by the
+//! raw path, so a label set per job id cannot grow without bound.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::AppState;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Answered {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Route {
+    method: String,
+    route: String,
+}
+
+type Latencies = Family<Route, Histogram, fn() -> Histogram>;
+
+/// Cheap to clone: the families share their counts.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: Family<Answered, Counter>,
+    durations: Latencies,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> HttpMetrics {
+        // 1 ms … 32 s: long-polls wait up to 30 s.
+        fn latency() -> Histogram {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        }
+        HttpMetrics {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(latency),
+        }
+    }
+}
+
+impl HttpMetrics {
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cellport_http_requests",
+            "HTTP requests this API instance answered, by route and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "cellport_http_request_duration_seconds",
+            "Time until the response head of this instance's HTTP requests (a download's \
+             body streams after it; a long-poll's wait is included)",
+            self.durations.clone(),
+        );
+    }
+
+    fn record(&self, method: &str, route: &str, status: u16, started: Instant) {
+        let (method, route) = (method.to_owned(), route.to_owned());
+        self.durations
+            .get_or_create(&Route {
+                method: method.clone(),
+                route: route.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        self.requests
+            .get_or_create(&Answered {
+                method,
+                route,
+                status,
+            })
+            .inc();
+    }
+}
+
+/// Middleware: counts and times every request, labelled by the route it matched
+/// (`unmatched` for paths no route knows).
+pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // Only the methods the API knows: anything else is one label, not one per spelling.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let response = next.run(request).await;
+    state
+        .http_metrics
+        .record(&method, &route, response.status().as_u16(), started);
+    response
+}
