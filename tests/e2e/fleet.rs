@@ -2,8 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use apalis_core::backend::TaskSink;
 use cellport_pipeline::synthetic::SyntheticSpec;
-use cellport_store::Store;
+use cellport_store::{ExportRequest, JobQueue, Store};
 use serde_json::{Value, json};
 
 use crate::archive::{check_archive, every_option, source_images};
@@ -407,5 +408,47 @@ async fn a_job_that_keeps_failing_fails_after_three_attempts() -> anyhow::Result
         (Some("failed"), Some(3))
     );
     assert_eq!(status["errorMessage"].as_str(), Some(error));
+    Ok(())
+}
+
+/// A second queue entry for a job already running in a worker (a requeue racing a slow
+/// enqueue) neither restarts the job nor runs it twice, and is acknowledged once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_queue_entry_does_not_run_a_job_twice() -> anyhow::Result<()> {
+    // The in-process worker takes two jobs at once, so it reads the duplicate mid-run.
+    let stack = Stack::start(StackOptions::default()).await?;
+    let (project, _) = stack.import_synthetic("alice", fleet_spec()).await?;
+    let project = project.id.as_str();
+    let mut ws = stack.ws("alice").await?;
+    let job = stack
+        .post_export("alice", project, json!({ "options": every_option() }))
+        .await?;
+    let (_, started) = events_until(&mut ws, &job, Duration::from_secs(30), |e| {
+        e["event"] == "export:started"
+    })
+    .await;
+    assert!(started, "the export never started");
+    let store = Store::connect(&stack.redis.url()).await?;
+    JobQueue::<ExportRequest>::producer(store.clone())
+        .push(ExportRequest {
+            job_id: job.parse()?,
+        })
+        .await?;
+
+    let (events, ended) = events_until(&mut ws, &job, Duration::from_secs(120), is_terminal).await;
+    assert!(ended, "{events:?}");
+    assert_eq!(events.last().unwrap()["event"], "export:completed");
+    assert!(
+        events.iter().all(|e| e["event"] != "export:started"),
+        "started again: {events:?}"
+    );
+    assert_seq_and_progress_ordered(&events);
+    assert_eq!(stack.status("alice", project, &job).await?["attempts"], 1);
+    // The duplicate stays pending while the job runs, then is found finished and acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.queue_depth().await? != (0, 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(store.queue_depth().await?, (0, 0));
     Ok(())
 }

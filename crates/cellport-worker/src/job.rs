@@ -39,6 +39,8 @@ pub(crate) enum JobError {
     Requeue(String),
     #[error("another worker holds the job's lease")]
     LeaseHeld,
+    #[error("the job is already running in this worker")]
+    RunningHere,
     #[error("the job's lease was lost to another worker")]
     LeaseLost,
     /// Not a failure: the entry must stay pending (handed back) rather than be acknowledged.
@@ -69,6 +71,34 @@ fn selected_images(
                 .filter(|i| wanted.contains(&i.id))
                 .collect()
         }
+    }
+}
+
+/// A job's place in the worker's running map, for as long as one run of it lasts here.
+struct RunSlot<'a> {
+    state: &'a WorkerState,
+    job_id: JobId,
+}
+
+impl<'a> RunSlot<'a> {
+    /// `None` when the job already runs here.
+    fn take(state: &'a WorkerState, job_id: JobId, cancel: &CancellationToken) -> Option<Self> {
+        let mut here = state.running.lock().expect("running jobs");
+        if here.contains_key(&job_id) {
+            return None;
+        }
+        here.insert(job_id, cancel.clone());
+        Some(RunSlot { state, job_id })
+    }
+}
+
+impl Drop for RunSlot<'_> {
+    fn drop(&mut self) {
+        self.state
+            .running
+            .lock()
+            .expect("running jobs")
+            .remove(&self.job_id);
     }
 }
 
@@ -106,6 +136,13 @@ pub(crate) async fn run_export(
         tracing::info!(status = %record.job.status, "job already finished: nothing to do");
         return Ok(());
     }
+    let cancel = state.shutdown.child_token();
+    // Taken before the lease: a second queue entry of a job already running here (a requeue
+    // racing a slow enqueue) must not take the lease over from the run that holds it. The
+    // entry stays pending and is looked at again after `reclaim_after`.
+    let Some(_slot) = RunSlot::take(state, job_id, &cancel) else {
+        return Err(JobError::RunningHere);
+    };
     let lease = match state
         .store
         .acquire_lease(job_id, worker, state.lease_ttl)
@@ -116,13 +153,7 @@ pub(crate) async fn run_export(
         Err(LeaseError::Ended | LeaseError::NotFound) => return Ok(()),
         Err(LeaseError::Store(e)) => return Err(e.into()),
     };
-    let cancel = state.shutdown.child_token();
     let lease_lost = Arc::new(AtomicBool::new(false));
-    state
-        .running
-        .lock()
-        .expect("running jobs")
-        .insert(job_id, (lease.fence, cancel.clone()));
     let renewer = tokio::spawn(renew_lease(
         state.store.clone(),
         job_id,
@@ -145,17 +176,6 @@ pub(crate) async fn run_export(
     let result = run_attempts(&running, record).await;
     renewer.abort();
     watcher.abort();
-    {
-        // Only this run's entry: a newer run of the same job here (a duplicate queue entry
-        // that took the lease over) keeps its own.
-        let mut here = state.running.lock().expect("running jobs");
-        if here
-            .get(&job_id)
-            .is_some_and(|(fence, _)| *fence == lease.fence)
-        {
-            here.remove(&job_id);
-        }
-    }
     if running.lease_lost.load(Ordering::SeqCst) {
         // Another worker has the job now: its entry must stay theirs, unacknowledged by us.
         return Err(JobError::LeaseLost);
