@@ -53,6 +53,14 @@ impl Envelope {
 /// workers fall back to reading the job's status.
 pub struct EventSubscriber {
     client: SubscriberClient,
+    resubscribed: broadcast::Sender<()>,
+    resubscriber: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EventSubscriber {
+    fn drop(&mut self) {
+        self.resubscriber.abort();
+    }
 }
 
 impl EventSubscriber {
@@ -72,11 +80,21 @@ impl EventSubscriber {
     }
 
     async fn connect_to(url: &str, channel: &'static str) -> Result<EventSubscriber, StoreError> {
-        let subscriber = builder(url)?.build_subscriber_client()?;
-        subscriber.init().await?;
-        subscriber.manage_subscriptions();
-        subscriber.subscribe(channel).await?;
-        Ok(EventSubscriber { client: subscriber })
+        let client = builder(url)?.build_subscriber_client()?;
+        client.init().await?;
+        let reconnects = client.reconnect_rx();
+        client.subscribe(channel).await?;
+        let (resubscribed, _) = broadcast::channel(16);
+        let resubscriber = tokio::spawn(resubscribe(
+            client.clone(),
+            reconnects,
+            resubscribed.clone(),
+        ));
+        Ok(EventSubscriber {
+            client,
+            resubscribed,
+            resubscriber,
+        })
     }
 
     /// Every message on the channel; a slow receiver sees `Lagged` rather than blocking Redis.
@@ -84,13 +102,35 @@ impl EventSubscriber {
         self.client.message_rx()
     }
 
-    /// Fires after each reconnect (after resubscribing), so callers can recover missed events.
-    pub fn reconnections(&self) -> broadcast::Receiver<fred::types::config::Server> {
-        self.client.reconnect_rx()
+    /// Fires after each reconnect once the channel is subscribed again, so that a caller
+    /// recovering missed events cannot read before the subscription is back and then miss
+    /// what is published in between.
+    pub fn reconnections(&self) -> broadcast::Receiver<()> {
+        self.resubscribed.subscribe()
     }
 
     pub async fn quit(&self) {
+        self.resubscriber.abort();
         let _ = self.client.quit().await;
+    }
+}
+
+/// After every reconnect: subscribes again (retrying while Redis refuses), then announces it.
+async fn resubscribe(
+    client: SubscriberClient,
+    mut reconnects: broadcast::Receiver<fred::types::config::Server>,
+    resubscribed: broadcast::Sender<()>,
+) {
+    loop {
+        // Several reconnects seen as one (lagged) need one resubscription all the same.
+        if let Err(broadcast::error::RecvError::Closed) = reconnects.recv().await {
+            return;
+        }
+        while let Err(error) = client.resubscribe_all().await {
+            tracing::warn!(%error, "resubscribing after a reconnect failed; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let _ = resubscribed.send(());
     }
 }
 
