@@ -165,7 +165,7 @@ async fn leftovers_of_stale_attempts_and_ended_jobs_are_removed() -> anyhow::Res
     std::fs::File::open(data.join(format!("staging/{job}")))?.set_modified(long_ago)?;
     let young = data.join(format!("archives/{unknown}.2.zip"));
     std::fs::write(&young, b"x")?;
-    let cleaned = wait_until(Duration::from_secs(15), || async {
+    let cleaned = wait_until(Duration::from_secs(60), || async {
         planted.iter().all(|p| !p.exists()) && !data.join(format!("staging/{job}")).exists()
     })
     .await;

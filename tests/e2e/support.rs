@@ -126,13 +126,14 @@ impl Stack {
             cellport_gateway::run(gateway_listener, gateway_config, stop.cancelled_owned()).await
         });
         if options.worker {
-            // Short leases: a job whose worker lost Redis mid-way is retried within seconds.
+            // Leases short enough that a job whose worker lost Redis mid-way is retried within
+            // seconds, long enough that a loaded machine does not take a job from a live run.
             let worker_config = WorkerConfig {
-                lease_ttl: Duration::from_secs(2),
-                reclaim_after: Duration::from_secs(3),
+                lease_ttl: Duration::from_secs(6),
+                reclaim_after: Duration::from_secs(8),
                 archive_ttl: options.archive_ttl,
                 sweep_every: Duration::from_millis(200),
-                requeue_after: Duration::from_secs(1),
+                requeue_after: Duration::from_secs(4),
                 ..WorkerConfig::new(redis.url(), data.path())
             };
             let stop = shutdown.clone();
