@@ -431,6 +431,23 @@ impl WsClient {
         frames
     }
 
+    /// Frames until `done` holds for those received (at most 15 s: on a loaded machine an
+    /// expected frame can be late), then whatever follows within 300 ms, so that a frame
+    /// too many is seen too.
+    pub async fn frames_until(&mut self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut frames = Vec::new();
+        while !done(&frames) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Some(frame) => frames.push(frame),
+                None => return frames,
+            }
+        }
+        frames.extend(self.drain(Duration::from_millis(300)).await);
+        frames
+    }
+
     /// The next JSON frame, or `None` when none arrives within `timeout`.
     pub async fn next_event(&mut self, timeout: Duration) -> Option<Value> {
         if let Some(frame) = self.early.pop_front() {
