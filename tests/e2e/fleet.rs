@@ -327,17 +327,17 @@ async fn cancelled_jobs_stop_leave_nothing_and_never_complete() -> anyhow::Resul
     let (running, mut events) = export_under_way(&stack, &mut ws, project, &worker).await?;
     let asked = Instant::now();
     assert_eq!(cancel(running.clone()).await?["status"], "cancelled");
-    let (rest, _) = events_until(&mut ws, &running, Duration::from_secs(5), is_terminal).await;
+    let (rest, _) = events_until(&mut ws, &running, Duration::from_secs(30), is_terminal).await;
     let latency = asked.elapsed();
     events.extend(rest);
     assert_eq!(events.last().unwrap()["event"], "export:cancelled");
-    let stopped = cellport_testkit::wait_until(Duration::from_secs(5), || async {
+    let stopped = cellport_testkit::wait_until(Duration::from_secs(30), || async {
         worker.log().contains("job cancelled")
     })
     .await;
     assert!(stopped, "{}", worker.log());
     let data = stack.data.path().to_owned();
-    let clean = cellport_testkit::wait_until(Duration::from_secs(5), || {
+    let clean = cellport_testkit::wait_until(Duration::from_secs(30), || {
         let data = data.clone();
         let running = running.clone();
         async move {

@@ -41,7 +41,7 @@ pub(crate) enum JobError {
     LeaseHeld,
     #[error("the job is already running in this worker")]
     RunningHere,
-    #[error("the job's lease was lost to another worker")]
+    #[error("lease lost: another worker took the job over")]
     LeaseLost,
     /// Not a failure: the entry must stay pending (handed back) rather than be acknowledged.
     #[error("handed back to the queue at shutdown")]
