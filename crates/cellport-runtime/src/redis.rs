@@ -118,12 +118,10 @@ impl RedisServer {
                 )
             })?;
         self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        // Loading a large AOF takes a while; a listener that is not this Redis never answers.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while tokio::time::Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
+            if answers_ping(self.port).await {
                 return Ok(());
             }
             if let Some(status) = self
@@ -165,7 +163,23 @@ impl RedisServer {
     /// Kills and starts the server again on the same port and data directory.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await?;
-        self.spawn().await
+        self.respawn().await
+    }
+
+    /// Starts the stopped server again. The port may still be held for a moment (a client's
+    /// socket that happened to get it): a few tries.
+    async fn respawn(&mut self) -> anyhow::Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.spawn().await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries >= 4 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
     }
 
     /// Stops the server as a deploy would (SIGTERM: it flushes its AOF) and starts it again.
@@ -181,8 +195,25 @@ impl RedisServer {
                 .await
                 .context("redis-server did not stop within 10 s")??;
         }
-        self.spawn().await
+        self.respawn().await
     }
+}
+
+/// Whether the port answers `PING` with `+PONG` (a Redis that is up and has loaded its data).
+async fn answers_ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut reply = [0u8; 7];
+    let exchange = async {
+        stream.write_all(b"PING\r\n").await?;
+        stream.read_exact(&mut reply).await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), exchange).await,
+        Ok(Ok(_))
+    ) && &reply == b"+PONG\r\n"
 }
 
 fn last_log_line(dir: &Path) -> String {
