@@ -1,11 +1,13 @@
 //! The WebSocket gateway: state recovery on connect, `resume` and after restarts, the
-//! `cancel` action, several instances at once, and backpressure on slow clients.
+//! `cancel` action, several instances at once, backpressure on slow clients, and members added
+//! to a project while its exports run.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use cellport_core::progress::ProgressSnapshot;
-use cellport_core::{CancelReason, JobId, JobRecord, UserId};
+use cellport_core::{CancelReason, JobId, JobRecord, ProjectId, UserId};
+use cellport_pipeline::FileProjectStore;
 use cellport_pipeline::synthetic::SyntheticSpec;
 use cellport_store::{Envelope, Store};
 use serde_json::{Value, json};
@@ -479,5 +481,78 @@ async fn a_resume_naming_more_jobs_than_an_outbox_holds_gets_them_all() -> anyho
     assert!(frames.iter().all(|f| f["event"] == "export:cancelled"));
     back.send(json!({"action": "ping"})).await?;
     assert_eq!(back.next_event(EXPECTED).await.unwrap()["event"], "pong");
+    Ok(())
+}
+
+/// A member added while the project's exports run gets them over the socket, as over REST:
+/// sharing (what `cellportctl project share` does) opens the running job to them, live and on
+/// connect, and leaves the cancelled one alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_later_receives_the_projects_exports() -> anyhow::Result<()> {
+    let stack = Stack::start(pending_only()).await?;
+    let (project, store) = setup(&stack).await?;
+    let running = stack.post_export("alice", &project, json!({})).await?;
+    let running_id: JobId = running.parse()?;
+    start(&store, running_id).await?;
+    advance(&store, running_id, 0.5).await?;
+    let ended = stack.post_export("alice", &project, json!({})).await?;
+    let now = OffsetDateTime::now_utc();
+    store
+        .update_job(ended.parse()?, None, None, |r| {
+            r.job.cancel(CancelReason::UserCancelled, now).map(Some)
+        })
+        .await?;
+    let status_path = format!("/api/projects/{project}/export/{running}/status");
+    assert_eq!(stack.get("carol", &status_path).await?.status(), 404);
+    let mut carol = stack.ws("carol").await?;
+    assert!(carol.drain(QUIET).await.is_empty());
+
+    let (project_id, member): (ProjectId, UserId) = (project.parse()?, "carol".parse()?);
+    FileProjectStore::new(stack.data.path())
+        .share(&project_id, member.clone())
+        .await?;
+    assert_eq!(store.admit_member(&project_id, &member).await?, 1);
+    assert_eq!(
+        store.admit_member(&project_id, &member).await?,
+        0,
+        "sharing again changes nothing"
+    );
+    assert_eq!(stack.get("carol", &status_path).await?.status(), 200);
+
+    // Live, on the socket opened before the share.
+    let next = advance(&store, running_id, 0.75).await?;
+    let frames = carol
+        .frames_until(|f| seqs_of(f, &running).contains(&next))
+        .await;
+    assert_eq!(seqs_of(&frames, &running), vec![next], "{frames:?}");
+    // On connect: the running job's bar, nothing of the cancelled one.
+    let mut fresh = stack.ws("carol").await?;
+    let frames = fresh.drain(QUIET).await;
+    assert_eq!(seqs_of(&frames, &running), vec![next], "{frames:?}");
+    assert!(seqs_of(&frames, &ended).is_empty(), "{frames:?}");
+    Ok(())
+}
+
+/// A job created just before a share (the api read the project a moment earlier) and started
+/// after it: the worker takes the audience from the project as it starts the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_started_after_a_share_reaches_the_new_member() -> anyhow::Result<()> {
+    let stack = Stack::start(pending_only()).await?;
+    let (project, _store) = setup(&stack).await?;
+    let job = stack.post_export("alice", &project, json!({})).await?;
+    FileProjectStore::new(stack.data.path())
+        .share(&project.parse()?, "carol".parse()?)
+        .await?;
+    let mut carol = stack.ws("carol").await?;
+    let _worker = stack.spawn_worker("worker-a", "10s", "15s")?;
+    let frames = carol
+        .frames_until(|f| {
+            f.iter()
+                .any(|e| e["data"]["jobId"] == job.as_str() && e["event"] == "export:completed")
+        })
+        .await;
+    let events: Vec<&str> = frames.iter().filter_map(|f| f["event"].as_str()).collect();
+    assert_eq!(events.first(), Some(&"export:started"), "{frames:?}");
+    assert_eq!(events.last(), Some(&"export:completed"), "{frames:?}");
     Ok(())
 }

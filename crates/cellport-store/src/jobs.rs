@@ -522,6 +522,52 @@ impl Store {
 }
 
 impl Store {
+    /// Lets `user`, just made a member of `project`, receive the events of the project's
+    /// exports: adds them to the audience of every job that can still change or be downloaded
+    /// (cancelled and failed ones are left as they are), and to the user's recent jobs.
+    /// Returns how many jobs were changed; running it again changes none.
+    pub async fn admit_member(
+        &self,
+        project: &ProjectId,
+        user: &UserId,
+    ) -> Result<usize, UpdateError<std::convert::Infallible>> {
+        let settled = |r: &JobRecord| {
+            r.audience.contains(user)
+                || matches!(
+                    r.job.status,
+                    cellport_core::JobStatus::Cancelled | cellport_core::JobStatus::Failed
+                )
+        };
+        let (mut admitted, mut before) = (0, None);
+        loop {
+            let (records, next) = self.history(project, before, 100).await?;
+            for record in records.into_iter().filter(|r| !settled(r)) {
+                let outcome = self
+                    .update_job(record.job.id, Some(record), None, |r| {
+                        // A job may end, or a concurrent share admit the user, meanwhile.
+                        if settled(r) {
+                            return Err(());
+                        }
+                        r.audience.push(user.clone());
+                        Ok(None)
+                    })
+                    .await;
+                match outcome {
+                    Ok(_) => admitted += 1,
+                    Err(UpdateError::Rejected(()) | UpdateError::NotFound) => {}
+                    Err(UpdateError::Store(e)) => return Err(UpdateError::Store(e)),
+                    Err(UpdateError::Contended | UpdateError::LeaseLost) => {
+                        return Err(UpdateError::Contended);
+                    }
+                }
+            }
+            match next {
+                Some(cursor) => before = Some(cursor),
+                None => return Ok(admitted),
+            }
+        }
+    }
+
     /// Records that a pending job's queue entry is written (see [`Store::stranded_jobs`]).
     pub async fn mark_queued(&self, id: JobId) -> Result<(), StoreError> {
         let _: i64 = self.client().zrem(keys::UNQUEUED, id.to_string()).await?;

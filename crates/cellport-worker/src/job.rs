@@ -254,6 +254,8 @@ async fn attempt(
     let started = state
         .store
         .update_job(job_id, Some(record), Some(run.lease), |r| {
+            // Members added since the job was created receive its events from now on.
+            r.audience = project.audience();
             r.job
                 .start(initial.tasks.clone(), initial.items_total, now)
                 .map(Some)

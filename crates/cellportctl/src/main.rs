@@ -16,6 +16,7 @@ use cellport_pipeline::{FileProjectStore, ProjectSource};
 use cellport_runtime::{
     LogFormat, RedisArgs, init_tracing_with_default, parse_duration, shutdown_signal,
 };
+use cellport_store::Store;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
@@ -80,13 +81,16 @@ enum ProjectCommand {
         #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
-    /// Share a project with another user.
+    /// Share a project with another user: they may export it, and see and cancel its exports,
+    /// including the ones already made (their events reach them from now on).
     Share {
         project_id: ProjectId,
         #[arg(long = "with")]
         with: UserId,
         #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        redis: RedisArgs,
     },
 }
 
@@ -216,12 +220,28 @@ async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
             project_id,
             with,
             data_dir,
+            redis,
         } => {
+            // Membership first: events must never reach someone the API would refuse.
             let project = FileProjectStore::new(&data_dir)
                 .share(&project_id, with.clone())
                 .await?;
+            let admitted = async {
+                let store = Store::connect(&redis.redis_url).await?;
+                let admitted = store.admit_member(&project.id, &with).await?;
+                store.quit().await;
+                anyhow::Ok(admitted)
+            }
+            .await
+            .with_context(|| {
+                format!(
+                    "project {} is shared with {with}, but its existing exports could not be \
+                     opened to them (run the command again once Redis answers)",
+                    project.id
+                )
+            })?;
             eprintln!(
-                "project {} ({}) is shared with {with}",
+                "project {} ({}) is shared with {with}; {admitted} existing exports opened to them",
                 project.id, project.name
             );
         }
