@@ -435,7 +435,16 @@ impl WsClient {
     /// expected frame can be late), then whatever follows within 300 ms, so that a frame
     /// too many is seen too.
     pub async fn frames_until(&mut self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        self.frames_within(Duration::from_secs(15), done).await
+    }
+
+    /// [`WsClient::frames_until`] with a deadline of its own, for what takes a whole export.
+    pub async fn frames_within(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut frames = Vec::new();
         while !done(&frames) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

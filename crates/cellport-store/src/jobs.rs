@@ -28,6 +28,7 @@ pub(crate) struct Scripts {
     pub(crate) renew: Arc<Script>,
     pub(crate) checkpoint: Arc<Script>,
     pub(crate) stats: Arc<Script>,
+    pub(crate) lock: Arc<Script>,
 }
 
 impl Scripts {
@@ -42,6 +43,7 @@ impl Scripts {
             renew: script(include_str!("lua/renew.lua")),
             checkpoint: script(include_str!("lua/checkpoint.lua")),
             stats: script(include_str!("lua/stats.lua")),
+            lock: script(include_str!("lua/lock.lua")),
         }
     }
 }
@@ -524,7 +526,7 @@ impl Store {
 impl Store {
     /// Lets `user`, just made a member of `project`, receive the events of the project's
     /// exports: adds them to the audience of every job that can still change or be downloaded
-    /// (cancelled and failed ones are left as they are), and to the user's recent jobs.
+    /// (cancelled, failed and expired ones are left as they are), and to the user's recent jobs.
     /// Returns how many jobs were changed; running it again changes none.
     pub async fn admit_member(
         &self,
@@ -533,6 +535,7 @@ impl Store {
     ) -> Result<usize, UpdateError<std::convert::Infallible>> {
         let settled = |r: &JobRecord| {
             r.audience.contains(user)
+                || r.job.expired
                 || matches!(
                     r.job.status,
                     cellport_core::JobStatus::Cancelled | cellport_core::JobStatus::Failed
@@ -596,23 +599,24 @@ impl Store {
 }
 
 impl Store {
-    /// Takes the retention sweeper's lock for `ttl` (one sweeper at a time across the fleet).
+    /// Takes the retention sweeper's lock for `ttl` (one sweeper at a time across the fleet),
+    /// or extends it when `holder` has it already: a holder whose tick comes a little early
+    /// does not lock itself out of its own next round.
     pub async fn try_lock_sweeper(
         &self,
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        let set: Option<String> = self
-            .client()
-            .set(
-                keys::SWEEPER_LOCK,
-                holder,
-                Some(fred::types::Expiration::PX(ttl.as_millis() as i64)),
-                Some(fred::types::SetOptions::NX),
-                false,
+        let taken: i64 = self
+            .scripts
+            .lock
+            .evalsha_with_reload(
+                self.client(),
+                vec![keys::SWEEPER_LOCK.to_owned()],
+                vec![Value::from(holder), Value::from(ttl.as_millis() as i64)],
             )
             .await?;
-        Ok(set.is_some())
+        Ok(taken == 1)
     }
 
     /// Completed jobs whose archives expired by now, at most `limit`.

@@ -254,8 +254,13 @@ async fn attempt(
     let started = state
         .store
         .update_job(job_id, Some(record), Some(run.lease), |r| {
-            // Members added since the job was created receive its events from now on.
-            r.audience = project.audience();
+            // Members added since the job was created receive its events from now on. Merged,
+            // not replaced: `project` may be older than a share that already admitted someone.
+            for user in project.audience() {
+                if !r.audience.contains(&user) {
+                    r.audience.push(user);
+                }
+            }
             r.job
                 .start(initial.tasks.clone(), initial.items_total, now)
                 .map(Some)

@@ -236,7 +236,7 @@ async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
             .with_context(|| {
                 format!(
                     "project {} is shared with {with}, but its existing exports could not be \
-                     opened to them (run the command again once Redis answers)",
+                     opened to them; run the command again to finish",
                     project.id
                 )
             })?;
