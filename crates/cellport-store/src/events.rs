@@ -87,6 +87,7 @@ impl EventSubscriber {
         let (resubscribed, _) = broadcast::channel(16);
         let resubscriber = tokio::spawn(resubscribe(
             client.clone(),
+            channel,
             reconnects,
             resubscribed.clone(),
         ));
@@ -116,8 +117,13 @@ impl EventSubscriber {
 }
 
 /// After every reconnect: subscribes again (retrying while Redis refuses), then announces it.
+///
+/// SUBSCRIBE gets no reply of its own, so a PING on the same connection follows it: Redis
+/// answers in order, and once the PING is answered the subscription is in place. Only then may
+/// a caller read what it missed, knowing that anything published later reaches it.
 async fn resubscribe(
     client: SubscriberClient,
+    channel: &'static str,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,
     resubscribed: broadcast::Sender<()>,
 ) {
@@ -126,9 +132,18 @@ async fn resubscribe(
         if let Err(broadcast::error::RecvError::Closed) = reconnects.recv().await {
             return;
         }
-        while let Err(error) = client.resubscribe_all().await {
-            tracing::warn!(%error, "resubscribing after a reconnect failed; retrying");
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        loop {
+            let subscribed = async {
+                client.subscribe(channel).await?;
+                client.ping::<Value>(None).await
+            };
+            match subscribed.await {
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "resubscribing after a reconnect failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
         }
         let _ = resubscribed.send(());
     }

@@ -33,17 +33,13 @@ pub(crate) async fn sweep_forever(
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
-    // The lock spaces rounds across the fleet. Held a little less than the interval, it has
-    // expired by this worker's next tick (a tick a hair early would otherwise find it held
-    // and skip a round).
-    let hold = every.mul_f64(0.9);
     let mut round = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store.try_lock_sweeper(&worker, hold).await {
+        match store.try_lock_sweeper(&worker, every).await {
             Ok(true) => {
                 if let Err(e) = sweep(&store, &housekeeping.storage).await {
                     tracing::warn!(error = %e, "retention sweep failed");

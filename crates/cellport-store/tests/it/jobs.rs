@@ -396,3 +396,48 @@ async fn data_of_the_first_layout_is_migrated_once() -> anyhow::Result<()> {
     assert_eq!(store.fleet_stats().await?.jobs_with("pending"), 3);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_lock_has_one_holder_who_may_take_it_again() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let hold = Duration::from_secs(2);
+    assert!(store.try_lock_sweeper("a", hold).await?);
+    assert!(!store.try_lock_sweeper("b", hold).await?, "held by a");
+    assert!(
+        store.try_lock_sweeper("a", hold).await?,
+        "its holder re-takes it"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        store.try_lock_sweeper("b", hold).await?,
+        "free once it expired"
+    );
+    assert!(!store.try_lock_sweeper("a", hold).await?);
+    Ok(())
+}
+
+/// After Redis restarts, the subscriber announces the reconnect only once it is subscribed
+/// again: an event published right after the announcement arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_is_announced_once_the_subscription_is_back() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start(RedisOptions::default()).await?;
+    let subscriber = EventSubscriber::connect(&redis.url()).await?;
+    let (mut messages, mut reconnections) = (subscriber.messages(), subscriber.reconnections());
+    redis.restart().await?;
+    tokio::time::timeout(Duration::from_secs(30), reconnections.recv())
+        .await
+        .expect("a reconnect is announced")?;
+    let store = Store::connect(&redis.url()).await?;
+    let mut record = new_record();
+    let event = record
+        .job
+        .cancel(CancelReason::UserCancelled, OffsetDateTime::now_utc())?;
+    let envelope = cellport_store::Envelope::of(&record, &event);
+    store.publish_unstored(&envelope).await?;
+    let message = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+        .await
+        .expect("the event published after the announcement arrives")?;
+    assert_eq!(decode_message(&message)?.job_id, record.job.id);
+    Ok(())
+}
