@@ -434,6 +434,15 @@ async fn a_duplicate_queue_entry_does_not_run_a_job_twice() -> anyhow::Result<()
             job_id: job.parse()?,
         })
         .await?;
+    // Both entries held by the worker at once: the duplicate was read while the first run
+    // still had its entry, that is, mid-run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut held = 0;
+    while held < 2 && Instant::now() < deadline {
+        held = store.queue_depth().await?.1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(held, 2, "the duplicate was never read while the job ran");
 
     let (events, ended) = events_until(&mut ws, &job, Duration::from_secs(120), is_terminal).await;
     assert!(ended, "{events:?}");

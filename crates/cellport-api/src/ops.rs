@@ -21,6 +21,9 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::openapi::{ErrorBody, QueueStats};
 
+/// How long `/metrics` waits for the fleet counters before answering without them.
+const FLEET_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 const STATUSES: [&str; 5] = ["pending", "processing", "completed", "failed", "cancelled"];
 
 #[utoipa::path(
@@ -75,8 +78,10 @@ pub(crate) async fn queue_stats(
 
 /// Prometheus text (OpenMetrics): the fleet's counters from Redis, and the requests this
 /// instance answered. Unauthenticated, like every scrape target: it holds counts only, no job
-/// or user data. With Redis down it still answers, with `cellport_redis_up 0` and the request
-/// counts (the 503s of the outage among them), so the scrape keeps its history.
+/// or user data. With Redis down (or slower than 1.5 s) it still answers, with
+/// `cellport_redis_up 0` and the request counts (the 503s of the outage among them), so the
+/// scrape keeps its history. Scrape every instance: the fleet series are the same on each
+/// (aggregate them with `max`), the `cellport_http_*` series are the instance's own (`sum`).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -92,7 +97,12 @@ pub(crate) async fn queue_stats(
     ),
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let fleet = state.store.fleet_stats().await;
+    // Bounded well under a scrape timeout, so that an outage shows as `cellport_redis_up 0`
+    // rather than as a failed scrape.
+    let fleet = tokio::time::timeout(FLEET_READ_TIMEOUT, state.store.fleet_stats())
+        .await
+        .map_err(|_| "redis did not answer in time".to_owned())
+        .and_then(|stats| stats.map_err(|e| e.to_string()));
     if let Err(error) = &fleet {
         tracing::warn!(%error, "fleet metrics unavailable");
     }

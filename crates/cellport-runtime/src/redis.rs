@@ -118,11 +118,14 @@ impl RedisServer {
                 )
             })?;
         self.child = Some(child);
-        // Loading a large AOF takes a while; a listener that is not this Redis never answers.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        // A listener that is not this Redis never answers PING; a Redis still loading its AOF
+        // says so, and is waited for as long as it keeps saying it.
+        let mut deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while tokio::time::Instant::now() < deadline {
-            if answers_ping(self.port).await {
-                return Ok(());
+            match ping(self.port).await {
+                Ping::Pong => return Ok(()),
+                Ping::Loading => deadline = tokio::time::Instant::now() + Duration::from_secs(15),
+                Ping::NoAnswer => {}
             }
             if let Some(status) = self
                 .child
@@ -199,21 +202,31 @@ impl RedisServer {
     }
 }
 
-/// Whether the port answers `PING` with `+PONG` (a Redis that is up and has loaded its data).
-async fn answers_ping(port: u16) -> bool {
+enum Ping {
+    /// A Redis that is up and has loaded its data.
+    Pong,
+    /// A Redis loading its data.
+    Loading,
+    /// Nothing listening, or not Redis.
+    NoAnswer,
+}
+
+async fn ping(port: u16) -> Ping {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
+        return Ping::NoAnswer;
     };
+    // As long as "+PONG\r\n"; "-LOADING …" starts with the same number of bytes.
     let mut reply = [0u8; 7];
     let exchange = async {
         stream.write_all(b"PING\r\n").await?;
         stream.read_exact(&mut reply).await
     };
-    matches!(
-        tokio::time::timeout(Duration::from_millis(500), exchange).await,
-        Ok(Ok(_))
-    ) && &reply == b"+PONG\r\n"
+    match tokio::time::timeout(Duration::from_millis(500), exchange).await {
+        Ok(Ok(_)) if &reply == b"+PONG\r\n" => Ping::Pong,
+        Ok(Ok(_)) if &reply == b"-LOADIN" => Ping::Loading,
+        _ => Ping::NoAnswer,
+    }
 }
 
 fn last_log_line(dir: &Path) -> String {
