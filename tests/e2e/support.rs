@@ -179,13 +179,24 @@ impl Stack {
         lease: &str,
         reclaim_after: &str,
     ) -> anyhow::Result<WorkerProcess> {
+        self.spawn_worker_with_slots(name, lease, reclaim_after, 1)
+    }
+
+    /// [`Stack::spawn_worker`] taking up to `slots` jobs at once.
+    pub fn spawn_worker_with_slots(
+        &self,
+        name: &str,
+        lease: &str,
+        reclaim_after: &str,
+        slots: usize,
+    ) -> anyhow::Result<WorkerProcess> {
         let log_path = self.data.path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)?;
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
             .env("CELLPORT_REDIS_URL", self.redis.url())
             .env("CELLPORT_DATA_DIR", self.data.path())
             .env("CELLPORT_WORKER_NAME", name)
-            .env("CELLPORT_WORKER_CONCURRENCY", "1")
+            .env("CELLPORT_WORKER_CONCURRENCY", slots.to_string())
             .env("CELLPORT_ITEM_PARALLELISM", "1")
             .env("CELLPORT_LEASE_TTL", lease)
             .env("CELLPORT_RECLAIM_AFTER", reclaim_after)

@@ -80,15 +80,31 @@ struct RunSlot<'a> {
     job_id: JobId,
 }
 
+/// What [`RunSlot::take`] found.
+enum Slot<'a> {
+    Taken(RunSlot<'a>),
+    /// The job runs here from this very entry (delivered again, e.g. reclaimed after a stall).
+    SameEntry,
+    /// The job runs here from another entry: this one is a duplicate.
+    OtherEntry,
+}
+
 impl<'a> RunSlot<'a> {
-    /// `None` when the job already runs here.
-    fn take(state: &'a WorkerState, job_id: JobId, cancel: &CancellationToken) -> Option<Self> {
+    fn take(
+        state: &'a WorkerState,
+        job_id: JobId,
+        entry: &str,
+        cancel: &CancellationToken,
+    ) -> Slot<'a> {
         let mut here = state.running.lock().expect("running jobs");
-        if here.contains_key(&job_id) {
-            return None;
+        match here.get(&job_id) {
+            Some((running, _)) if running == entry => Slot::SameEntry,
+            Some(_) => Slot::OtherEntry,
+            None => {
+                here.insert(job_id, (entry.to_owned(), cancel.clone()));
+                Slot::Taken(RunSlot { state, job_id })
+            }
         }
-        here.insert(job_id, cancel.clone());
-        Some(RunSlot { state, job_id })
     }
 }
 
@@ -138,10 +154,16 @@ pub(crate) async fn run_export(
     }
     let cancel = state.shutdown.child_token();
     // Taken before the lease: a second queue entry of a job already running here (a requeue
-    // racing a slow enqueue) must not take the lease over from the run that holds it. The
-    // entry stays pending and is looked at again after `reclaim_after`.
-    let Some(_slot) = RunSlot::take(state, job_id, &cancel) else {
-        return Err(JobError::RunningHere);
+    // racing a slow enqueue) must not take the lease over from the run that holds it. It is
+    // dropped: the run's own entry stays until the job ends or is handed back, so the job
+    // keeps its delivery. The run's own entry, delivered again, is left pending.
+    let _slot = match RunSlot::take(state, job_id, entry, &cancel) {
+        Slot::Taken(slot) => slot,
+        Slot::OtherEntry => {
+            tracing::info!("a second queue entry of a job running here: dropped");
+            return Ok(());
+        }
+        Slot::SameEntry => return Err(JobError::RunningHere),
     };
     let lease = match state
         .store

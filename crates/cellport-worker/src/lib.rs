@@ -79,9 +79,9 @@ pub(crate) struct WorkerState {
     pub(crate) item_parallelism: usize,
     /// Cancelled when the process shuts down: running exports stop and hand their jobs back.
     pub(crate) shutdown: CancellationToken,
-    /// The jobs running here, at most one run each, to stop one the moment its
-    /// cancellation is announced.
-    pub(crate) running: Mutex<HashMap<JobId, CancellationToken>>,
+    /// The jobs running here, at most one run each, with the queue entry the run came from
+    /// and the token that stops it the moment its cancellation is announced.
+    pub(crate) running: Mutex<HashMap<JobId, (String, CancellationToken)>>,
 }
 
 /// A worker name unique across the fleet: host, pid and a random suffix.
@@ -129,7 +129,8 @@ async fn listen_for_cancellations(subscriber: EventSubscriber, state: Arc<Worker
         match message {
             Ok(message) => {
                 if let Some(job_id) = decode_job_id(&message)
-                    && let Some(token) = state.running.lock().expect("running jobs").get(&job_id)
+                    && let Some((_, token)) =
+                        state.running.lock().expect("running jobs").get(&job_id)
                 {
                     tracing::info!(job_id = %job_id, "cancellation received");
                     token.cancel();
