@@ -422,6 +422,18 @@ impl Store {
         event: Option<&mut ExportEvent>,
         lease: Option<Lease>,
     ) -> Result<u64, CommitError> {
+        self.commit_filed_for(record, event, lease, None).await
+    }
+
+    /// [`Store::commit`], filing the job as recent for `recent_for` only (the whole audience
+    /// when `None`).
+    async fn commit_filed_for(
+        &self,
+        record: &mut JobRecord,
+        event: Option<&mut ExportEvent>,
+        lease: Option<Lease>,
+        recent_for: Option<&[UserId]>,
+    ) -> Result<u64, CommitError> {
         let expected = record.job.seq;
         let seq = expected + 1;
         record.job.seq = seq;
@@ -448,7 +460,12 @@ impl Store {
                     keys::UNQUEUED.to_owned(),
                 ]
                 .into_iter()
-                .chain(record.audience.iter().map(keys::user_recent))
+                .chain(
+                    recent_for
+                        .unwrap_or(&record.audience)
+                        .iter()
+                        .map(keys::user_recent),
+                )
                 .collect::<Vec<_>>(),
                 vec![
                     Value::from(expected as i64),
@@ -501,8 +518,22 @@ impl Store {
     pub async fn update_job<E>(
         &self,
         id: JobId,
+        cached: Option<JobRecord>,
+        lease: Option<Lease>,
+        change: impl FnMut(&mut JobRecord) -> Result<Option<ExportEvent>, E>,
+    ) -> Result<(JobRecord, Option<ExportEvent>), UpdateError<E>> {
+        self.update_job_filed_for(id, cached, lease, None, change)
+            .await
+    }
+
+    /// [`Store::update_job`], filing the job as recent for `recent_for` only (the whole
+    /// audience when `None`).
+    async fn update_job_filed_for<E>(
+        &self,
+        id: JobId,
         mut cached: Option<JobRecord>,
         lease: Option<Lease>,
+        recent_for: Option<&[UserId]>,
         mut change: impl FnMut(&mut JobRecord) -> Result<Option<ExportEvent>, E>,
     ) -> Result<(JobRecord, Option<ExportEvent>), UpdateError<E>> {
         for _ in 0..MAX_UPDATE_ATTEMPTS {
@@ -511,7 +542,10 @@ impl Store {
                 None => self.load_job(id).await?.ok_or(UpdateError::NotFound)?,
             };
             let mut event = change(&mut record).map_err(UpdateError::Rejected)?;
-            match self.commit(&mut record, event.as_mut(), lease).await {
+            match self
+                .commit_filed_for(&mut record, event.as_mut(), lease, recent_for)
+                .await
+            {
                 Ok(_) => return Ok((record, event)),
                 Err(CommitError::Conflict | CommitError::Final) => continue,
                 Err(CommitError::NotFound) => return Err(UpdateError::NotFound),
@@ -545,15 +579,23 @@ impl Store {
         loop {
             let (records, next) = self.history(project, before, 100).await?;
             for record in records.into_iter().filter(|r| !settled(r)) {
+                // Filed as recent for the new member only: the others' recent jobs keep
+                // their order.
                 let outcome = self
-                    .update_job(record.job.id, Some(record), None, |r| {
-                        // A job may end, or a concurrent share admit the user, meanwhile.
-                        if settled(r) {
-                            return Err(());
-                        }
-                        r.audience.push(user.clone());
-                        Ok(None)
-                    })
+                    .update_job_filed_for(
+                        record.job.id,
+                        Some(record),
+                        None,
+                        Some(std::slice::from_ref(user)),
+                        |r| {
+                            // A job may end, or a concurrent share admit the user, meanwhile.
+                            if settled(r) {
+                                return Err(());
+                            }
+                            r.audience.push(user.clone());
+                            Ok(None)
+                        },
+                    )
                     .await;
                 match outcome {
                     Ok(_) => admitted += 1,

@@ -441,3 +441,43 @@ async fn a_reconnect_is_announced_once_the_subscription_is_back() -> anyhow::Res
     assert_eq!(decode_message(&message)?.job_id, record.job.id);
     Ok(())
 }
+
+/// A new member is admitted to the project's open jobs and finds them among their recent
+/// ones; the other users' recent jobs keep their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_is_admitted_to_the_projects_open_jobs() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let (alice, carol) = ("alice".parse()?, "carol".parse()?);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let record = new_record();
+        ids.push(record.job.id);
+        store.create_job(&record, 10, None).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let now = OffsetDateTime::now_utc();
+    store
+        .update_job(ids[0], None, None, |r| {
+            r.job.cancel(CancelReason::UserCancelled, now).map(Some)
+        })
+        .await?;
+    let before = store.recent_jobs(&alice, 10).await?;
+
+    let project = "p1".parse()?;
+    assert_eq!(
+        store.admit_member(&project, &carol).await?,
+        2,
+        "not the cancelled job"
+    );
+    assert_eq!(store.admit_member(&project, &carol).await?, 0);
+    assert_eq!(store.recent_jobs(&alice, 10).await?, before);
+    let mut theirs = store.recent_jobs(&carol, 10).await?;
+    theirs.sort();
+    assert_eq!(theirs, ids[1..]);
+    for id in &ids[1..] {
+        let record = store.load_job(*id).await?.unwrap();
+        assert!(record.audience.contains(&carol));
+    }
+    Ok(())
+}
