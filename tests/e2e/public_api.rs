@@ -523,6 +523,35 @@ async fn ops_see_queue_stats_and_metrics() -> anyhow::Result<()> {
     let timed =
         r#"cellport_http_request_duration_seconds_count{method="GET",route="/api/queue/stats"}"#;
     assert!(metric_in(&text, timed) >= 2, "{text}");
+    // A client that gives up on a long-poll is counted too, as 499.
+    let path = format!("/api/projects/{project}/export/{done}/status?after=1000&waitMs=20000");
+    let gave_up = stack
+        .http
+        .get(stack.url(&path))
+        .bearer_auth(stack.token("alice"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    let abandoned = r#"cellport_http_requests_total{method="GET",route="/api/projects/{projectId}/export/{jobId}/status",status="499"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut counted = 0;
+    while counted == 0 && Instant::now() < deadline {
+        let text = stack
+            .http
+            .get(stack.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        counted = text
+            .lines()
+            .find_map(|l| l.strip_prefix(abandoned)?.trim().parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, 1, "the abandoned long-poll is counted");
+
     let items = metric_in(&text, "cellport_items_processed_total");
     let most = 3 + stack.status("alice", large, &cancelled).await?["itemsTotal"]
         .as_u64()

@@ -54,7 +54,8 @@ impl HttpMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "cellport_http_requests",
-            "HTTP requests this API instance answered, by route and status",
+            "HTTP requests this API instance answered, by route and status (499: the client \
+             went away first)",
             self.requests.clone(),
         );
         registry.register(
@@ -83,10 +84,13 @@ impl HttpMetrics {
     }
 }
 
+/// Status recorded for a request whose client went away before it was answered (an abandoned
+/// long-poll, say), as proxies log it.
+const CLIENT_CLOSED: u16 = 499;
+
 /// Middleware: counts and times every request, labelled by the route it matched
 /// (`unmatched` for paths no route knows).
 pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
     // Only the methods the API knows: anything else is one label, not one per spelling.
     let method = match request.method().as_str() {
         m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
@@ -98,9 +102,32 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
+    let mut pending = Pending {
+        metrics: state.http_metrics.clone(),
+        method,
+        route,
+        started: Instant::now(),
+        status: CLIENT_CLOSED,
+    };
     let response = next.run(request).await;
-    state
-        .http_metrics
-        .record(&method, &route, response.status().as_u16(), started);
+    pending.status = response.status().as_u16();
     response
+}
+
+/// Records its request when dropped: with the response's status once there is one, or as
+/// [`CLIENT_CLOSED`] when the connection went away first (the handler's future is dropped
+/// then, and this with it).
+struct Pending {
+    metrics: HttpMetrics,
+    method: String,
+    route: String,
+    started: Instant,
+    status: u16,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.metrics
+            .record(&self.method, &self.route, self.status, self.started);
+    }
 }
