@@ -114,9 +114,9 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
     response
 }
 
-/// Records its request when dropped: with the response's status once there is one, or as
-/// [`CLIENT_CLOSED`] when the connection went away first (the handler's future is dropped
-/// then, and this with it).
+/// Records its request when dropped: with the response's status once there is one, as 500
+/// when the handler panicked, or as [`CLIENT_CLOSED`] when the connection went away first (the
+/// handler's future is dropped then, and this with it).
 struct Pending {
     metrics: HttpMetrics,
     method: String,
@@ -127,7 +127,13 @@ struct Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        // A handler that panicked failed on the server's side, whoever closed the connection.
+        let status = if std::thread::panicking() {
+            500
+        } else {
+            self.status
+        };
         self.metrics
-            .record(&self.method, &self.route, self.status, self.started);
+            .record(&self.method, &self.route, status, self.started);
     }
 }

@@ -29,6 +29,7 @@ pub(crate) struct Scripts {
     pub(crate) checkpoint: Arc<Script>,
     pub(crate) stats: Arc<Script>,
     pub(crate) lock: Arc<Script>,
+    pub(crate) drop_duplicate: Arc<Script>,
 }
 
 impl Scripts {
@@ -44,6 +45,7 @@ impl Scripts {
             checkpoint: script(include_str!("lua/checkpoint.lua")),
             stats: script(include_str!("lua/stats.lua")),
             lock: script(include_str!("lua/lock.lua")),
+            drop_duplicate: script(include_str!("lua/drop_duplicate.lua")),
         }
     }
 }
@@ -239,6 +241,35 @@ impl Store {
             )
             .await?;
         Ok(renewed == 1)
+    }
+
+    /// Drops `duplicate`, a second queue entry of a job that `worker` runs from `entry` under
+    /// `lease`. `false`, changing nothing, unless the lease is still held and `entry` still
+    /// exists: the job never loses its last entry.
+    pub async fn drop_duplicate_entry(
+        &self,
+        id: JobId,
+        lease: Lease,
+        worker: &str,
+        entry: &str,
+        duplicate: &str,
+    ) -> Result<bool, StoreError> {
+        let dropped: i64 = self
+            .scripts
+            .drop_duplicate
+            .evalsha_with_reload(
+                self.client(),
+                vec![keys::job(id), keys::QUEUE_STREAM.to_owned()],
+                vec![
+                    Value::from(lease.fence as i64),
+                    Value::from(keys::QUEUE_GROUP),
+                    Value::from(worker),
+                    Value::from(entry),
+                    Value::from(duplicate),
+                ],
+            )
+            .await?;
+        Ok(dropped == 1)
     }
 
     /// Records a finished item; `false` when the lease is gone (the item is then not recorded).

@@ -20,8 +20,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::WorkerState;
 use crate::progress::{ChannelSink, publish_progress};
+use crate::{RunningJob, WorkerState};
 
 /// How many times a job is started before a transient failure fails it for good.
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
@@ -85,8 +85,11 @@ enum Slot<'a> {
     Taken(RunSlot<'a>),
     /// The job runs here from this very entry (delivered again, e.g. reclaimed after a stall).
     SameEntry,
-    /// The job runs here from another entry: this one is a duplicate.
-    OtherEntry,
+    /// The job runs here from `entry`, under `lease` once taken: this one is a duplicate.
+    OtherEntry {
+        entry: String,
+        lease: Option<Lease>,
+    },
 }
 
 impl<'a> RunSlot<'a> {
@@ -98,12 +101,32 @@ impl<'a> RunSlot<'a> {
     ) -> Slot<'a> {
         let mut here = state.running.lock().expect("running jobs");
         match here.get(&job_id) {
-            Some((running, _)) if running == entry => Slot::SameEntry,
-            Some(_) => Slot::OtherEntry,
+            Some(run) if run.entry == entry => Slot::SameEntry,
+            Some(run) => Slot::OtherEntry {
+                entry: run.entry.clone(),
+                lease: run.lease,
+            },
             None => {
-                here.insert(job_id, (entry.to_owned(), cancel.clone()));
+                let run = RunningJob {
+                    entry: entry.to_owned(),
+                    lease: None,
+                    cancel: cancel.clone(),
+                };
+                here.insert(job_id, run);
                 Slot::Taken(RunSlot { state, job_id })
             }
+        }
+    }
+
+    fn leased(&self, lease: Lease) {
+        if let Some(run) = self
+            .state
+            .running
+            .lock()
+            .expect("running jobs")
+            .get_mut(&self.job_id)
+        {
+            run.lease = Some(lease);
         }
     }
 }
@@ -155,15 +178,27 @@ pub(crate) async fn run_export(
     let cancel = state.shutdown.child_token();
     // Taken before the lease: a second queue entry of a job already running here (a requeue
     // racing a slow enqueue) must not take the lease over from the run that holds it. It is
-    // dropped: the run's own entry stays until the job ends or is handed back, so the job
-    // keeps its delivery. The run's own entry, delivered again, is left pending.
-    let _slot = match RunSlot::take(state, job_id, entry, &cancel) {
+    // dropped only while the run provably holds the lease and its own entry (one script);
+    // otherwise, and for the run's own entry delivered again, it is left pending.
+    let slot = match RunSlot::take(state, job_id, entry, &cancel) {
         Slot::Taken(slot) => slot,
-        Slot::OtherEntry => {
-            tracing::info!("a second queue entry of a job running here: dropped");
-            return Ok(());
+        Slot::OtherEntry {
+            entry: running,
+            lease: Some(lease),
+        } => {
+            let dropped = state
+                .store
+                .drop_duplicate_entry(job_id, lease, worker, &running, entry)
+                .await?;
+            if dropped {
+                tracing::info!("a second queue entry of a job running here: dropped");
+                return Ok(());
+            }
+            return Err(JobError::RunningHere);
         }
-        Slot::SameEntry => return Err(JobError::RunningHere),
+        Slot::OtherEntry { lease: None, .. } | Slot::SameEntry => {
+            return Err(JobError::RunningHere);
+        }
     };
     let lease = match state
         .store
@@ -175,6 +210,7 @@ pub(crate) async fn run_export(
         Err(LeaseError::Ended | LeaseError::NotFound) => return Ok(()),
         Err(LeaseError::Store(e)) => return Err(e.into()),
     };
+    slot.leased(lease);
     let lease_lost = Arc::new(AtomicBool::new(false));
     let renewer = tokio::spawn(renew_lease(
         state.store.clone(),
@@ -571,11 +607,14 @@ async fn hand_back(run: &Running<'_>, record: JobRecord) -> Result<(), JobError>
     match handed {
         Ok(_) => {
             let store = &run.state.store;
-            store
+            let kept = store
                 .hand_back_entries(vec![run.entry.to_owned()])
                 .await
                 .map_err(|e| JobError::Requeue(e.to_string()))?;
-            if let Err(e) = store.mark_queued(run.job_id).await {
+            if kept == 0 {
+                // Left listed as unqueued: the sweeper gives the job a new entry.
+                tracing::warn!("the job's queue entry is gone: the sweeper will queue it again");
+            } else if let Err(e) = store.mark_queued(run.job_id).await {
                 // The reconciler will queue it once more; the second entry finds it taken.
                 tracing::warn!(error = %e, "handed-back job not marked queued");
             }

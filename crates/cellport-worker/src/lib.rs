@@ -79,9 +79,18 @@ pub(crate) struct WorkerState {
     pub(crate) item_parallelism: usize,
     /// Cancelled when the process shuts down: running exports stop and hand their jobs back.
     pub(crate) shutdown: CancellationToken,
-    /// The jobs running here, at most one run each, with the queue entry the run came from
-    /// and the token that stops it the moment its cancellation is announced.
-    pub(crate) running: Mutex<HashMap<JobId, (String, CancellationToken)>>,
+    /// The jobs running here, at most one run each.
+    pub(crate) running: Mutex<HashMap<JobId, RunningJob>>,
+}
+
+/// One run of a job in this worker.
+pub(crate) struct RunningJob {
+    /// The queue entry the run came from.
+    pub(crate) entry: String,
+    /// Its lease, once taken.
+    pub(crate) lease: Option<cellport_store::Lease>,
+    /// Stops the run the moment its cancellation is announced.
+    pub(crate) cancel: CancellationToken,
 }
 
 /// A worker name unique across the fleet: host, pid and a random suffix.
@@ -129,7 +138,7 @@ async fn listen_for_cancellations(subscriber: EventSubscriber, state: Arc<Worker
         match message {
             Ok(message) => {
                 if let Some(job_id) = decode_job_id(&message)
-                    && let Some((_, token)) =
+                    && let Some(RunningJob { cancel: token, .. }) =
                         state.running.lock().expect("running jobs").get(&job_id)
                 {
                     tracing::info!(job_id = %job_id, "cancellation received");

@@ -5,7 +5,7 @@
 -- KEYS[4]  the archives' expiry schedule
 -- KEYS[5]  the fleet's counters (jobs by status, events published, job durations)
 -- KEYS[6]  the jobs not yet known to be queued (a job enters it when it becomes pending again)
--- KEYS[7…] the recent-jobs index of each user in the job's audience
+-- KEYS[7…] the recent-jobs index of each user the job is filed for (its audience, or a new member)
 -- ARGV[1]  the seq the writer read (compare-and-set)
 -- ARGV[2]  the new status
 -- ARGV[3]  the new record (MessagePack)

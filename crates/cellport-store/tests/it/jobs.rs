@@ -8,7 +8,7 @@ use cellport_store::{CommitError, CreateOutcome, EventSubscriber, Store, UpdateE
 use cellport_testkit::{RedisOptions, RedisServer};
 use time::OffsetDateTime;
 
-fn new_record() -> JobRecord {
+pub(crate) fn new_record() -> JobRecord {
     let job = ExportJob::new_pending(
         "p1".parse().unwrap(),
         "Project".into(),

@@ -176,3 +176,69 @@ async fn a_handed_back_entry_runs_before_entries_never_started() -> anyhow::Resu
     handle.abort();
     Ok(())
 }
+
+/// A second entry of a running job is dropped only while the run provably holds the lease and
+/// its own entry; otherwise nothing changes, so the job never loses its last entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_entry_is_dropped_only_while_the_run_keeps_its_own() -> anyhow::Result<()> {
+    use fred::prelude::*;
+    const STREAM: &str = "cellport:queue";
+    const GROUP: &str = "workers";
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    let raw = Client::new(Config::from_url(&redis.url())?, None, None, None);
+    raw.init().await?;
+    let _: () = raw.xgroup_create(STREAM, GROUP, "0", true).await?;
+    let record = crate::jobs::new_record();
+    let job = record.job.id;
+    store.create_job(&record, 10, None).await?;
+    let mut entries = Vec::new();
+    for _ in 0..3 {
+        let id: String = raw
+            .xadd(STREAM, false, None, "*", ("args", job.to_string()))
+            .await?;
+        entries.push(id);
+    }
+    // All three are w1's, as if it had read them.
+    let _: Value = raw
+        .xreadgroup(GROUP, "w1", Some(10), None, false, STREAM, ">")
+        .await?;
+    let (run, duplicate, another) = (&entries[0], &entries[1], &entries[2]);
+    let lease = store
+        .acquire_lease(job, "w1", Duration::from_secs(10))
+        .await?;
+
+    let stale = cellport_store::Lease {
+        fence: lease.fence - 1,
+    };
+    assert!(
+        !store
+            .drop_duplicate_entry(job, stale, "w1", run, duplicate)
+            .await?,
+        "not for a run that lost its lease"
+    );
+    assert!(
+        !store
+            .drop_duplicate_entry(job, lease, "w2", run, duplicate)
+            .await?,
+        "not for a worker without the lease"
+    );
+    assert_eq!(store.queue_depth().await?, (0, 3));
+    assert!(
+        store
+            .drop_duplicate_entry(job, lease, "w1", run, duplicate)
+            .await?
+    );
+    assert_eq!(store.queue_depth().await?, (0, 2));
+
+    // The run's own entry is gone (acknowledged by mistake, say): the other one stays.
+    let _: i64 = raw.xack(STREAM, GROUP, run).await?;
+    let _: i64 = raw.xdel(STREAM, run).await?;
+    assert!(
+        !store
+            .drop_duplicate_entry(job, lease, "w1", run, another)
+            .await?
+    );
+    assert_eq!(store.queue_depth().await?, (0, 1));
+    Ok(())
+}
