@@ -238,6 +238,17 @@ pub(crate) async fn run_export(
         // Another worker has the job now: its entry must stay theirs, unacknowledged by us.
         return Err(JobError::LeaseLost);
     }
+    if result.is_ok() {
+        // The entry is acknowledged only for a job that ended. A run that went stale without
+        // noticing (taken over while it stalled, then handed back by the new holder) stops on a
+        // refused transition, and that entry is now the job's only delivery.
+        if let Some(status) = state.store.job_status(job_id).await?
+            && !status.is_terminal()
+        {
+            tracing::warn!(%status, "the job did not end with this run: its entry is left");
+            return Err(JobError::LeaseLost);
+        }
+    }
     result
 }
 
