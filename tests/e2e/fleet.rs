@@ -212,7 +212,9 @@ async fn a_paused_worker_that_lost_its_lease_writes_nothing() -> anyhow::Result<
     let worker_a = stack.spawn_worker("worker-a", "2s", "3s")?;
     let (job, mut events) = export_under_way(&stack, &mut ws, project, &worker_a).await?;
     worker_a.signal("STOP")?;
-    let worker_b = stack.spawn_worker("worker-b", "2s", "3s")?;
+    // B's lease is longer than A's: once A wakes, a loaded machine delaying B's renewals must
+    // not hand the job to A again.
+    let worker_b = stack.spawn_worker("worker-b", "6s", "3s")?;
     // Worker B takes over (a second start), makes progress, then A wakes up.
     let mut starts = 1;
     let (more, took_over) = events_until(&mut ws, &job, Duration::from_secs(60), |e| {
@@ -223,7 +225,15 @@ async fn a_paused_worker_that_lost_its_lease_writes_nothing() -> anyhow::Result<
     })
     .await;
     events.extend(more);
-    assert!(took_over, "worker B did not take over: {}", worker_b.log());
+    assert!(
+        took_over,
+        "worker B did not take over: {}\nevents: {:?}",
+        worker_b.log(),
+        events
+            .iter()
+            .map(|e| (e["event"].as_str().unwrap_or(""), e["data"]["seq"].as_u64()))
+            .collect::<Vec<_>>()
+    );
     worker_a.signal("CONT")?;
     let (rest, finished) = events_until(&mut ws, &job, Duration::from_secs(90), is_terminal).await;
     events.extend(rest);
@@ -244,7 +254,13 @@ async fn a_paused_worker_that_lost_its_lease_writes_nothing() -> anyhow::Result<
         "the stale worker must not complete the job"
     );
     let status = stack.status("alice", project, &job).await?;
-    assert_eq!(status["attempts"], 2);
+    assert_eq!(
+        status["attempts"],
+        2,
+        "A:\n{}\nB:\n{}",
+        worker_a.log(),
+        worker_b.log()
+    );
     download_and_check(&stack, project, &job, &source_dir).await
 }
 

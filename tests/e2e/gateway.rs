@@ -332,6 +332,7 @@ fn padded(job: JobId, seq: u64, terminal: bool, audience: &[UserId], pad: usize)
         job_id: job,
         seq,
         terminal,
+        progress: !terminal,
         audience: audience.to_vec(),
         frame: json!({"event": event, "data": {"jobId": job, "seq": seq, "pad": "x".repeat(pad)}})
             .to_string(),

@@ -72,6 +72,7 @@ fn envelope(audience: Vec<UserId>, origin: Instant, timed: bool) -> Envelope {
         job_id: job,
         seq: 1,
         terminal: false,
+        progress: true,
         audience,
         // About the size of a real export:progress frame.
         frame: format!(

@@ -27,6 +27,8 @@ pub struct Queued {
     pub job: JobId,
     pub seq: u64,
     pub terminal: bool,
+    /// A progress frame, which a newer progress frame of its job may replace while it waits.
+    pub progress: bool,
     pub frame: Utf8Bytes,
 }
 
@@ -36,6 +38,7 @@ impl Queued {
             job: envelope.job_id,
             seq: envelope.seq,
             terminal: envelope.terminal,
+            progress: envelope.progress,
             frame: Utf8Bytes::from(envelope.frame.clone()),
         }
     }
@@ -85,7 +88,9 @@ impl Outbox {
             if item.seq <= waiting.seq {
                 return Pushed::Stale;
             }
-            if !waiting.terminal && !item.terminal {
+            // Only progress supersedes progress: `export:started` (with its tasks) and the
+            // terminal frames reach the client whatever follows them.
+            if waiting.progress && item.progress {
                 *waiting = item;
                 return Pushed::Coalesced;
             }
@@ -213,7 +218,16 @@ mod tests {
             job,
             seq,
             terminal,
+            progress: !terminal,
             frame: Utf8Bytes::from(format!("{job}:{seq}")),
+        }
+    }
+
+    /// An `export:started` frame: neither terminal nor progress.
+    fn started(job: JobId, seq: u64) -> Queued {
+        Queued {
+            progress: false,
+            ..frame(job, seq, false)
         }
     }
 
@@ -238,6 +252,16 @@ mod tests {
         assert_eq!(outbox.push(frame(a, 4, false)), Pushed::Queued);
         assert_eq!(outbox.push(frame(a, 5, false)), Pushed::Coalesced);
         assert_eq!(drain(&outbox), vec![(a, 2), (b, 1), (a, 3), (a, 5)]);
+    }
+
+    #[test]
+    fn a_started_frame_is_never_replaced_by_the_progress_behind_it() {
+        let job = JobId::new();
+        let outbox = Outbox::default();
+        assert_eq!(outbox.push(started(job, 8)), Pushed::Queued);
+        assert_eq!(outbox.push(frame(job, 9, false)), Pushed::Queued);
+        assert_eq!(outbox.push(frame(job, 10, false)), Pushed::Coalesced);
+        assert_eq!(drain(&outbox), vec![(job, 8), (job, 10)]);
     }
 
     #[test]

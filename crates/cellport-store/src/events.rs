@@ -15,6 +15,10 @@ pub struct Envelope {
     pub job_id: JobId,
     pub seq: u64,
     pub terminal: bool,
+    /// An `export:progress` event: a newer one of the same job supersedes it, so one still
+    /// waiting for a slow client may be replaced. (Absent in envelopes stored before it was.)
+    #[serde(default)]
+    pub progress: bool,
     /// Users who may receive it.
     pub audience: Vec<UserId>,
     /// The WebSocket frame, JSON, ready to send as is.
@@ -27,6 +31,7 @@ impl Envelope {
             job_id: record.job.id,
             seq: event.common().seq,
             terminal: event.is_terminal(),
+            progress: matches!(event, ExportEvent::Progress(_)),
             audience: record.audience.clone(),
             frame: event.to_frame(),
         }
