@@ -537,17 +537,7 @@ async fn ops_see_queue_stats_and_metrics() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut counted = 0;
     while counted == 0 && Instant::now() < deadline {
-        let text = stack
-            .http
-            .get(stack.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        counted = text
-            .lines()
-            .find_map(|l| l.strip_prefix(abandoned)?.trim().parse().ok())
-            .unwrap_or(0);
+        counted = find_metric(&metrics_text(&stack).await?, abandoned).unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(counted, 1, "the abandoned long-poll is counted");
@@ -568,22 +558,29 @@ async fn ops_see_queue_stats_and_metrics() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn metric(stack: &Stack, name: &str) -> anyhow::Result<u64> {
-    let text = stack
+async fn metrics_text(stack: &Stack) -> anyhow::Result<String> {
+    Ok(stack
         .http
         .get(stack.url("/metrics"))
         .send()
         .await?
         .text()
-        .await?;
-    Ok(metric_in(&text, name))
+        .await?)
 }
 
-fn metric_in(text: &str, name: &str) -> u64 {
+async fn metric(stack: &Stack, name: &str) -> anyhow::Result<u64> {
+    Ok(metric_in(&metrics_text(stack).await?, name))
+}
+
+/// The value of the series `name` (with its labels, if any), if the text has it.
+fn find_metric(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+fn metric_in(text: &str, name: &str) -> u64 {
+    find_metric(text, name).unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

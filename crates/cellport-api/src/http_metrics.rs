@@ -22,7 +22,7 @@ struct Answered {
     status: u16,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Route {
     method: String,
     route: String,
@@ -66,18 +66,14 @@ impl HttpMetrics {
         );
     }
 
-    fn record(&self, method: &str, route: &str, status: u16, started: Instant) {
-        let (method, route) = (method.to_owned(), route.to_owned());
+    fn record(&self, labels: Route, status: u16, started: Instant) {
         self.durations
-            .get_or_create(&Route {
-                method: method.clone(),
-                route: route.clone(),
-            })
+            .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
         self.requests
             .get_or_create(&Answered {
-                method,
-                route,
+                method: labels.method,
+                route: labels.route,
                 status,
             })
             .inc();
@@ -104,8 +100,7 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         .to_owned();
     let mut pending = Pending {
         metrics: state.http_metrics.clone(),
-        method,
-        route,
+        labels: Route { method, route },
         started: Instant::now(),
         status: CLIENT_CLOSED,
     };
@@ -119,8 +114,7 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
 /// handler's future is dropped then, and this with it).
 struct Pending {
     metrics: HttpMetrics,
-    method: String,
-    route: String,
+    labels: Route,
     started: Instant,
     status: u16,
 }
@@ -133,7 +127,7 @@ impl Drop for Pending {
         } else {
             self.status
         };
-        self.metrics
-            .record(&self.method, &self.route, status, self.started);
+        let labels = std::mem::take(&mut self.labels);
+        self.metrics.record(labels, status, self.started);
     }
 }
