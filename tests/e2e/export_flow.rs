@@ -253,7 +253,7 @@ async fn selected_images_are_the_export_in_project_order() -> anyhow::Result<()>
         .filter(|k| k.starts_with("images/"))
         .map(String::as_str)
         .collect();
-    assert_eq!(images, ["images/cells_001.png", "images/cells_003.tif"]);
+    assert_eq!(images, ["images/cells_001.png", "images/cells_003.TIF"]);
     let coco: Value = serde_json::from_slice(&entries["annotations/coco/annotations.json"].bytes)?;
     let names: Vec<&str> = coco["images"]
         .as_array()
@@ -263,7 +263,7 @@ async fn selected_images_are_the_export_in_project_order() -> anyhow::Result<()>
         .collect();
     assert_eq!(
         names,
-        ["cells_001.png", "cells_003.tif"],
+        ["cells_001.png", "cells_003.TIF"],
         "project order, not request order"
     );
     let csv = String::from_utf8(entries["metrics/metrics.csv"].bytes.clone())?;

@@ -13,7 +13,7 @@ const MAX_STEM_BYTES: usize = 180;
 pub struct ImageEntryName {
     /// Unique within the export, e.g. `cells_2`.
     pub stem: String,
-    /// Lower-case extension with its dot, or empty, e.g. `.png`.
+    /// The extension as given (case kept), with its dot, or empty, e.g. `.TIF`.
     pub extension: String,
 }
 
@@ -76,7 +76,8 @@ impl StemAllocator {
         let clean = sanitize_file_name(original_name);
         let (stem, ext) = split_extension(&clean);
         let stem = truncate_at_char(stem, MAX_STEM_BYTES).to_owned();
-        let extension = ext.to_lowercase();
+        // The name is kept as given: a user looking for `Plate 3.TIF` finds `Plate 3.TIF`.
+        let extension = ext.to_owned();
         let mut candidate = stem.clone();
         let mut n = 2;
         while !self.taken.insert(candidate.to_lowercase()) {
@@ -117,7 +118,19 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["a.png", "A_2.png", "a_3.tif", "a_2_2.png", "a_4.png", "b"]
+            ["a.png", "A_2.PNG", "a_3.tif", "a_2_2.png", "a_4.png", "b"]
         );
+    }
+
+    #[test]
+    fn names_keep_their_case() {
+        let mut alloc = StemAllocator::default();
+        let check = |alloc: &mut StemAllocator, raw: &str, want: &str| {
+            assert_eq!(alloc.assign(raw).file_name(), want, "{raw:?}")
+        };
+        check(&mut alloc, "Plate 3.TIF", "Plate 3.TIF");
+        check(&mut alloc, "plate 3.tif", "plate 3_2.tif");
+        check(&mut alloc, "Scan.JPEG", "Scan.JPEG");
+        check(&mut alloc, "noext", "noext");
     }
 }

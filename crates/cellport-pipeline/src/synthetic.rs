@@ -126,7 +126,7 @@ pub fn write_project(dir: &Path, spec: &SyntheticSpec) -> anyhow::Result<PathBuf
             *px = Rgb(value);
         }
         let (ext, format) = if spec.tiff_every > 0 && i % spec.tiff_every == spec.tiff_every - 1 {
-            ("tif", ImageFormat::Tiff)
+            ("TIF", ImageFormat::Tiff)
         } else {
             ("png", ImageFormat::Png)
         };
