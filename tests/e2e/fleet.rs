@@ -23,9 +23,6 @@ fn fleet_spec() -> SyntheticSpec {
     }
 }
 
-/// Items of a `fleet_spec` export with every option: 30 images in three item tasks, and the archive.
-const ITEMS_TOTAL: u64 = 91;
-
 fn without_worker() -> StackOptions {
     StackOptions {
         worker: false,
@@ -121,22 +118,142 @@ async fn download_and_check(
     check_archive(&entries, &source_images(source_dir)?, source_dir, project)
 }
 
+/// 300 small images: items finish far faster than progress events may be sent.
+fn takeover_spec() -> SyntheticSpec {
+    SyntheticSpec {
+        images: 300,
+        width: 96,
+        height: 96,
+        cells_per_image: 2,
+        ..SyntheticSpec::default()
+    }
+}
+
+/// Items of a `takeover_spec` export with every option.
+const TAKEOVER_ITEMS_TOTAL: u64 = 901;
+/// `CELLPORT_ITEM_PARALLELISM` of the takeover test's workers.
+const TAKEOVER_PARALLELISM: usize = 2;
+/// Tasks of an export with every option: three item tasks and the archive.
+const TASKS: usize = 4;
+
+fn timestamp(event: &Value) -> time::OffsetDateTime {
+    let text = event["data"]["timestamp"].as_str().expect("timestamp");
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .expect("an RFC 3339 timestamp")
+}
+
+/// SPEC §6, read from one attempt's frames (its `export:started` up to the archive being
+/// ready): at most 10 throttled frames in any second, and few frames sent inside the throttle's
+/// interval (only the first, task boundaries, at most two per task, and the last may be).
+/// `currentTask` never returns to a task it left. Returns the most frames in any second.
+fn assert_throttled(attempt: &[Value]) -> usize {
+    let times: Vec<time::OffsetDateTime> = attempt.iter().map(timestamp).collect();
+    let interval = time::Duration::milliseconds(100);
+    // A frame sent within 100 ms of the one before it skipped the throttle.
+    let unthrottled: Vec<bool> = std::iter::once(true)
+        .chain(times.windows(2).map(|w| w[1] - w[0] < interval))
+        .collect();
+    let skipped = unthrottled.iter().filter(|u| **u).count();
+    assert!(
+        skipped <= 2 * TASKS + 3,
+        "{skipped} of {} frames skipped the throttle",
+        attempt.len()
+    );
+    let mut busiest = 0;
+    for (i, start) in times.iter().enumerate() {
+        let window: Vec<usize> = (i..times.len())
+            .take_while(|&j| times[j] - *start < time::Duration::SECOND)
+            .collect();
+        let exempt = window.iter().filter(|&&j| unthrottled[j]).count();
+        assert!(
+            window.len() - exempt <= 10,
+            "{} frames within a second from {start}, {exempt} of them unthrottled",
+            window.len()
+        );
+        busiest = busiest.max(window.len());
+    }
+    let mut current: Vec<&str> = attempt
+        .iter()
+        .filter_map(|e| e["data"]["currentTask"].as_str())
+        .collect();
+    current.dedup();
+    let mut distinct = current.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        current.len(),
+        distinct.len(),
+        "currentTask flickers: {current:?}"
+    );
+    busiest
+}
+
+/// Reads the job's status at every change (long-poll after each seq) until it ends.
+fn follow_statuses(
+    stack: &Stack,
+    project: &str,
+    job: &str,
+) -> tokio::task::JoinHandle<anyhow::Result<Vec<Value>>> {
+    let (http, token) = (stack.http.clone(), stack.token("alice"));
+    let base = stack.url(&format!("/api/projects/{project}/export/{job}/status"));
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let status: Value = http
+                .get(format!("{base}?after={after}&waitMs=30000"))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            after = status["seq"].as_u64().unwrap_or(after);
+            let ended = status["status"] != "processing" && status["status"] != "pending";
+            seen.push(status);
+            if ended {
+                return Ok(seen);
+            }
+        }
+    })
+}
+
+/// What a client saw of the job's items and progress, in `seq` order, from frames and statuses.
+fn counters_seen(events: &[Value], statuses: &[Value]) -> Vec<(u64, u64, f64)> {
+    let mut seen: Vec<(u64, u64, f64)> = events
+        .iter()
+        .map(|e| &e["data"])
+        .chain(statuses)
+        .filter_map(|d| {
+            Some((
+                d["seq"].as_u64()?,
+                d["itemsCompleted"].as_u64()?,
+                d["progress"].as_f64()?,
+            ))
+        })
+        .collect();
+    seen.sort_by_key(|(seq, ..)| *seq);
+    seen.dedup_by_key(|(seq, ..)| *seq);
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_job_is_resumed_from_its_checkpoints() -> anyhow::Result<()> {
     let stack = Stack::start(without_worker()).await?;
-    let (project, source_dir) = stack.import_synthetic("alice", fleet_spec()).await?;
+    let (project, source_dir) = stack.import_synthetic("alice", takeover_spec()).await?;
     let project = project.id.as_str();
     let mut ws = stack.ws("alice").await?;
-    let mut worker_a = stack.spawn_worker("worker-a", "2s", "3s")?;
+    let mut worker_a = stack.spawn_worker_with("worker-a", "2s", "3s", 1, TAKEOVER_PARALLELISM)?;
     let job = stack
         .post_export("alice", project, json!({ "options": every_option() }))
         .await?;
+    let statuses = follow_statuses(&stack, project, &job);
 
     let (mut events, reached) = events_until(
         &mut ws,
         &job,
-        Duration::from_secs(60),
-        items_completed_at_least(ITEMS_TOTAL * 2 / 5),
+        Duration::from_secs(90),
+        items_completed_at_least(TAKEOVER_ITEMS_TOTAL * 2 / 5),
     )
     .await;
     assert!(reached, "worker A never reached 40 %: {}", worker_a.log());
@@ -145,12 +262,12 @@ async fn a_killed_workers_job_is_resumed_from_its_checkpoints() -> anyhow::Resul
     let store = Store::connect(&stack.redis.url()).await?;
     let checkpointed = store.checkpoints(job.parse()?).await?.len() as u64;
     assert!(
-        checkpointed >= 10,
+        checkpointed >= 100,
         "worker A checkpointed {checkpointed} items"
     );
 
     let killed_at = Instant::now();
-    let worker_b = stack.spawn_worker("worker-b", "2s", "3s")?;
+    let worker_b = stack.spawn_worker_with("worker-b", "2s", "3s", 1, TAKEOVER_PARALLELISM)?;
     let (resumed, restarted) = events_until(&mut ws, &job, Duration::from_secs(60), |e| {
         e["event"] == "export:started"
     })
@@ -170,30 +287,48 @@ async fn a_killed_workers_job_is_resumed_from_its_checkpoints() -> anyhow::Resul
     );
     assert_eq!(events.last().unwrap()["event"], "export:completed");
     assert_ordered(&events);
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e["event"] == "export:started")
-            .count(),
-        2
-    );
+    let starts: Vec<usize> = (0..events.len())
+        .filter(|&i| events[i]["event"] == "export:started")
+        .collect();
+    assert_eq!(starts.len(), 2);
 
-    // Worker B redid only what A had not checkpointed: with one item at a time, at most one item was in flight.
-    let logged = cellport_testkit::wait_until(Duration::from_secs(5), || async {
-        worker_b.log().contains("export completed")
-    })
-    .await;
-    assert!(logged, "{}", worker_b.log());
-    let log = worker_b.log();
-    assert_eq!(
-        completed_field(&log, "items_reused"),
-        Some(checkpointed),
-        "{log}"
+    // Each attempt is throttled, the resumed one included.
+    let first = assert_throttled(&events[starts[0]..starts[1]]);
+    let second = assert_throttled(&events[starts[1]..]);
+    eprintln!("most frames in one second: {first} (first attempt), {second} (resumed)");
+
+    // The resumed attempt carries on from the checkpoints: a client's item count drops by at
+    // most the items that were in flight, and progress never drops, in frames and statuses alike.
+    let statuses = statuses.await??;
+    let seen = counters_seen(&events, &statuses);
+    let resumed_seq = events[starts[1]]["data"]["seq"].as_u64().unwrap();
+    let resumed_at = events[starts[1]]["data"]["itemsCompleted"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        resumed_at >= checkpointed * 3,
+        "the resumed start counts {resumed_at} items, {checkpointed} images were checkpointed"
     );
-    assert_eq!(
-        completed_field(&log, "items_processed"),
-        Some(30 - checkpointed),
-        "{log}"
+    let mut drop_at_takeover = 0;
+    for pair in seen.windows(2) {
+        let ((_, items_before, progress_before), (seq, items_after, progress_after)) =
+            (pair[0], pair[1]);
+        assert!(
+            progress_after >= progress_before,
+            "progress dropped: {seen:?}"
+        );
+        let drop = items_before.saturating_sub(items_after);
+        if seq == resumed_seq {
+            drop_at_takeover = drop;
+        }
+        assert!(
+            drop <= TAKEOVER_PARALLELISM as u64,
+            "items dropped by {drop} at seq {seq}: {seen:?}"
+        );
+    }
+    eprintln!(
+        "takeover: {checkpointed} images checkpointed, the resumed start counts {resumed_at} \
+         items, the item count dropped by {drop_at_takeover}"
     );
     let status = stack.status("alice", project, &job).await?;
     assert_eq!(

@@ -49,7 +49,17 @@ async fn setup(stack: &Stack) -> anyhow::Result<(String, Store)> {
 async fn start(store: &Store, job: JobId) -> anyhow::Result<JobRecord> {
     let now = OffsetDateTime::now_utc();
     let (record, _) = store
-        .update_job(job, None, None, |r| r.job.start(vec![], 10, now).map(Some))
+        .update_job(job, None, None, |r| {
+            r.job
+                .start(
+                    &ProgressSnapshot {
+                        items_total: 10,
+                        ..ProgressSnapshot::default()
+                    },
+                    now,
+                )
+                .map(Some)
+        })
         .await?;
     Ok(record)
 }
@@ -453,7 +463,15 @@ async fn a_resume_naming_more_jobs_than_an_outbox_holds_gets_them_all() -> anyho
         store.create_job(&record, 1000, None).await?;
         let (started, _) = store
             .update_job(record.job.id, None, None, |r| {
-                r.job.start(vec![], 1, now).map(Some)
+                r.job
+                    .start(
+                        &ProgressSnapshot {
+                            items_total: 1,
+                            ..ProgressSnapshot::default()
+                        },
+                        now,
+                    )
+                    .map(Some)
             })
             .await?;
         let (ended, _) = store

@@ -190,6 +190,18 @@ impl Stack {
         reclaim_after: &str,
         slots: usize,
     ) -> anyhow::Result<WorkerProcess> {
+        self.spawn_worker_with(name, lease, reclaim_after, slots, 1)
+    }
+
+    /// [`Stack::spawn_worker_with_slots`] processing `item_parallelism` items of a job at once.
+    pub fn spawn_worker_with(
+        &self,
+        name: &str,
+        lease: &str,
+        reclaim_after: &str,
+        slots: usize,
+        item_parallelism: usize,
+    ) -> anyhow::Result<WorkerProcess> {
         let log_path = self.data.path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)?;
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
@@ -197,7 +209,7 @@ impl Stack {
             .env("CELLPORT_DATA_DIR", self.data.path())
             .env("CELLPORT_WORKER_NAME", name)
             .env("CELLPORT_WORKER_CONCURRENCY", slots.to_string())
-            .env("CELLPORT_ITEM_PARALLELISM", "1")
+            .env("CELLPORT_ITEM_PARALLELISM", item_parallelism.to_string())
             .env("CELLPORT_LEASE_TTL", lease)
             .env("CELLPORT_RECLAIM_AFTER", reclaim_after)
             .env("RUST_LOG", "info")

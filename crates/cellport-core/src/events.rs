@@ -29,6 +29,12 @@ pub struct Started {
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     pub items_total: u64,
+    /// Items already done when the attempt starts (checkpointed by earlier attempts).
+    #[serde(default)]
+    pub items_completed: u64,
+    /// Overall progress as the attempt starts: a resume never shows less than before.
+    #[serde(default)]
+    pub progress: f64,
     pub tasks: Vec<TaskProgress>,
 }
 

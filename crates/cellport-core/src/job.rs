@@ -224,23 +224,32 @@ impl ExportJob {
     }
 
     /// A worker takes the job (first attempt, or a resume after another worker dropped it).
+    ///
+    /// `initial` is the attempt's progress before it does any work: on a resume it already
+    /// counts the items earlier attempts checkpointed, so a client's counters carry on instead
+    /// of starting over. Overall progress never goes down.
     pub fn start(
         &mut self,
-        tasks: Vec<TaskProgress>,
-        items_total: u64,
+        initial: &ProgressSnapshot,
         now: OffsetDateTime,
     ) -> Result<ExportEvent, TransitionError> {
         self.set_status(JobStatus::Processing)?;
         self.phase = Phase::Processing;
         self.attempts += 1;
         self.started_at.get_or_insert(now);
-        self.items_total = items_total;
-        self.tasks = tasks;
+        self.progress = self.progress.max(initial.overall()).min(PROCESSING_SHARE);
+        self.phase_progress = self.progress / PROCESSING_SHARE * 100.0;
+        self.items_total = initial.items_total;
+        self.items_completed = initial.items_completed;
+        self.tasks = initial.tasks.clone();
+        self.current_task = initial.current_task.clone();
         self.message = Some("processing".to_owned());
         Ok(ExportEvent::Started(Started {
             common: self.common(now),
             started_at: self.started_at.unwrap_or(now),
-            items_total,
+            items_total: self.items_total,
+            items_completed: self.items_completed,
+            progress: self.progress,
             tasks: self.tasks.clone(),
         }))
     }
@@ -400,6 +409,13 @@ mod tests {
     use super::*;
     use JobStatus::*;
 
+    fn items(n: u64) -> ProgressSnapshot {
+        ProgressSnapshot {
+            items_total: n,
+            ..ProgressSnapshot::default()
+        }
+    }
+
     #[test]
     fn transition_table() {
         let all = [Pending, Processing, Completed, Failed, Cancelled];
@@ -438,7 +454,7 @@ mod tests {
     fn terminal_jobs_refuse_every_later_change() {
         let now = OffsetDateTime::UNIX_EPOCH;
         let mut j = job();
-        j.start(vec![], 3, now).unwrap();
+        j.start(&items(3), now).unwrap();
         j.cancel(CancelReason::UserCancelled, now).unwrap();
         assert!(j.complete(1, "u".into(), now, now).is_err());
         assert!(j.fail("x".into(), now).is_err());
@@ -451,7 +467,7 @@ mod tests {
     fn completion_is_exactly_eighty_percent() {
         let now = OffsetDateTime::UNIX_EPOCH;
         let mut j = job();
-        j.start(vec![], 3, now).unwrap();
+        j.start(&items(3), now).unwrap();
         let ev = j.complete(10, "/d".into(), now, now).unwrap();
         assert_eq!(j.progress, 80.0);
         assert_eq!(j.phase, Phase::Downloading);
@@ -465,7 +481,7 @@ mod tests {
         let now = OffsetDateTime::UNIX_EPOCH;
         let mut j = job();
         assert!(j.download_progress(0.5, now).is_none(), "not completed yet");
-        j.start(vec![], 3, now).unwrap();
+        j.start(&items(3), now).unwrap();
         j.complete(10, "/d".into(), now, now).unwrap();
         let ev = j.download_progress(0.5, now).unwrap();
         assert_eq!(ev.name(), "export:progress");

@@ -40,13 +40,37 @@ struct TaskState {
     items_completed: u64,
     cost_total: u64,
     cost_done: u64,
+    /// Work on the task has begun (an item entered it, or it was started explicitly).
+    started: bool,
+}
+
+impl TaskState {
+    /// Status only ever moves forward: pending → running → completed (or skipped from the start).
+    fn status(&self) -> TaskStatus {
+        if self.items_total == 0 {
+            TaskStatus::Skipped
+        } else if self.items_completed == self.items_total {
+            TaskStatus::Completed
+        } else if self.started || self.items_completed > 0 || self.cost_done > 0 {
+            TaskStatus::Running
+        } else {
+            TaskStatus::Pending
+        }
+    }
 }
 
 /// Accumulates done cost per task. Costs are abstract units (bytes, pixels, polygons).
+///
+/// Task boundaries come from the tasks' statuses: a report is a boundary when any task's status
+/// differs from the last report's, so each task makes at most two (pending → running → completed),
+/// however the items of tasks that run side by side interleave.
 #[derive(Debug, Clone)]
 pub struct ProgressTracker {
     tasks: Vec<TaskState>,
-    current: Option<usize>,
+    /// Task statuses as of the last [`ProgressTracker::report`]; `None` before the first.
+    reported: Option<Vec<TaskStatus>>,
+    /// Cost restored from an earlier attempt: done, but not by this attempt, so not in its rate.
+    cost_restored: u64,
 }
 
 /// One task of the plan: its name, how many items and how much cost it holds.
@@ -68,9 +92,11 @@ impl ProgressTracker {
                     items_completed: 0,
                     cost_total: t.cost,
                     cost_done: 0,
+                    started: false,
                 })
                 .collect(),
-            current: None,
+            reported: None,
+            cost_restored: 0,
         }
     }
 
@@ -78,11 +104,9 @@ impl ProgressTracker {
         self.tasks.iter().position(|t| t.name == name)
     }
 
-    /// Marks `task` as the one being worked on; returns whether that is a change (a task boundary).
-    pub fn enter(&mut self, task: usize) -> bool {
-        let changed = self.current != Some(task);
-        self.current = Some(task);
-        changed
+    /// Marks `task` as begun, so it shows as running before its first item is done.
+    pub fn start_task(&mut self, task: usize) {
+        self.tasks[task].started = true;
     }
 
     /// Adds done cost to a task, capped at its planned total so progress never overshoots.
@@ -100,7 +124,16 @@ impl ProgressTracker {
 
     /// Restores an item finished by an earlier attempt (resume) without redoing it.
     pub fn restore_item(&mut self, task: usize, item_cost: u64) {
+        let before = self.tasks[task].cost_done;
         self.finish_item(task, item_cost, 0);
+        self.cost_restored += self.tasks[task].cost_done - before;
+    }
+
+    /// The task a client shows as current: the earliest one still running (so tasks that run
+    /// side by side do not take turns), else the next one to run; none once all are done.
+    fn current_task(&self) -> Option<&TaskState> {
+        let with = |status| self.tasks.iter().find(|t| t.status() == status);
+        with(TaskStatus::Running).or_else(|| with(TaskStatus::Pending))
     }
 
     pub fn snapshot(&self, elapsed: Duration) -> ProgressSnapshot {
@@ -111,29 +144,26 @@ impl ProgressTracker {
         } else {
             cost_done as f64 / cost_total as f64
         };
-        let estimated_remaining_ms = (fraction >= MIN_FRACTION_FOR_ESTIMATE
+        // The rate is this attempt's: restored items took no time here.
+        let done_here = cost_done.saturating_sub(self.cost_restored);
+        let estimated_remaining_ms = (cost_total > 0
+            && done_here as f64 / cost_total as f64 >= MIN_FRACTION_FOR_ESTIMATE
             && elapsed >= MIN_ELAPSED_FOR_ESTIMATE)
-            .then(|| (elapsed.as_secs_f64() * (1.0 - fraction) / fraction * 1000.0).round() as u64);
+            .then(|| {
+                let remaining = (cost_total - cost_done) as f64;
+                (elapsed.as_secs_f64() * remaining / done_here as f64 * 1000.0).round() as u64
+            });
         ProgressSnapshot {
             fraction,
             items_completed: self.tasks.iter().map(|t| t.items_completed).sum(),
             items_total: self.tasks.iter().map(|t| t.items_total).sum(),
-            current_task: self.current.map(|i| self.tasks[i].name.clone()),
+            current_task: self.current_task().map(|t| t.name.clone()),
             tasks: self
                 .tasks
                 .iter()
-                .enumerate()
-                .map(|(i, t)| TaskProgress {
+                .map(|t| TaskProgress {
                     name: t.name.clone(),
-                    status: if t.items_total == 0 {
-                        TaskStatus::Skipped
-                    } else if t.items_completed == t.items_total {
-                        TaskStatus::Completed
-                    } else if self.current == Some(i) || t.items_completed > 0 {
-                        TaskStatus::Running
-                    } else {
-                        TaskStatus::Pending
-                    },
+                    status: t.status(),
                     progress: if t.cost_total == 0 {
                         if t.items_completed == t.items_total {
                             100.0
@@ -149,6 +179,16 @@ impl ProgressTracker {
                 .collect(),
             estimated_remaining_ms,
         }
+    }
+
+    /// The snapshot to report now, and whether it is a boundary: the first report, or a task
+    /// whose status changed since the last report.
+    pub fn report(&mut self, elapsed: Duration) -> (ProgressSnapshot, bool) {
+        let snapshot = self.snapshot(elapsed);
+        let statuses: Vec<TaskStatus> = snapshot.tasks.iter().map(|t| t.status).collect();
+        let boundary = self.reported.as_ref() != Some(&statuses);
+        self.reported = Some(statuses);
+        (snapshot, boundary)
     }
 }
 
@@ -179,8 +219,7 @@ mod tests {
     #[test]
     fn progress_is_weighted_by_cost_and_maps_to_eighty() {
         let mut t = ProgressTracker::new(&plan());
-        assert!(t.enter(0));
-        assert!(!t.enter(0));
+        t.start_task(0);
         t.add_cost(0, 150);
         let s = t.snapshot(Duration::ZERO);
         assert_eq!(s.overall(), 30.0);
@@ -190,7 +229,7 @@ mod tests {
         assert_eq!(s.estimated_remaining_ms, None);
         t.finish_item(0, 200, 150);
         t.finish_item(0, 100, 0);
-        t.enter(1);
+        t.start_task(1);
         t.finish_item(1, 100, 0);
         let s = t.snapshot(Duration::from_secs(4));
         assert_eq!(s.overall(), 80.0);
@@ -217,6 +256,82 @@ mod tests {
         assert_eq!(
             t.snapshot(Duration::from_secs(2)).estimated_remaining_ms,
             Some(6000)
+        );
+    }
+
+    #[test]
+    fn boundaries_are_status_changes_at_most_two_per_task() {
+        let plan = vec![
+            PlannedTask {
+                name: "visualizations".into(),
+                items: 3,
+                cost: 300,
+            },
+            PlannedTask {
+                name: "metrics".into(),
+                items: 3,
+                cost: 30,
+            },
+            PlannedTask {
+                name: "archive".into(),
+                items: 1,
+                cost: 100,
+            },
+        ];
+        let mut t = ProgressTracker::new(&plan);
+        let mut boundaries = vec![t.report(Duration::ZERO).1];
+        t.start_task(0);
+        t.start_task(1);
+        boundaries.push(t.report(Duration::ZERO).1);
+        // Items of the two tasks interleave: neither status nor the current task flickers.
+        for _ in 0..2 {
+            for task in [0, 1] {
+                t.finish_item(task, plan[task].cost / 3, 0);
+                let (snapshot, boundary) = t.report(Duration::ZERO);
+                boundaries.push(boundary);
+                assert_eq!(snapshot.current_task.as_deref(), Some("visualizations"));
+            }
+        }
+        t.finish_item(0, 100, 0);
+        boundaries.push(t.report(Duration::ZERO).1);
+        assert_eq!(
+            t.snapshot(Duration::ZERO).current_task.as_deref(),
+            Some("metrics")
+        );
+        t.finish_item(1, 10, 0);
+        boundaries.push(t.report(Duration::ZERO).1);
+        assert_eq!(
+            t.snapshot(Duration::ZERO).current_task.as_deref(),
+            Some("archive")
+        );
+        t.start_task(2);
+        boundaries.push(t.report(Duration::ZERO).1);
+        t.add_cost(2, 50);
+        boundaries.push(t.report(Duration::ZERO).1);
+        t.finish_item(2, 100, 50);
+        boundaries.push(t.report(Duration::ZERO).1);
+        assert_eq!(t.snapshot(Duration::ZERO).current_task, None);
+        assert_eq!(
+            boundaries,
+            [
+                true, true, false, false, false, false, true, true, true, false, true
+            ]
+        );
+    }
+
+    #[test]
+    fn restored_items_count_at_once_but_not_in_the_rate() {
+        let mut t = ProgressTracker::new(&plan());
+        t.restore_item(0, 200);
+        let (first, boundary) = t.report(Duration::ZERO);
+        assert!(boundary);
+        assert_eq!((first.items_completed, first.overall()), (1, 40.0));
+        assert_eq!(first.tasks[0].status, TaskStatus::Running);
+        t.add_cost(0, 40);
+        // 40 of 400 done here in 2 s: 160 left at 20 per second.
+        assert_eq!(
+            t.snapshot(Duration::from_secs(2)).estimated_remaining_ms,
+            Some(8000)
         );
     }
 }

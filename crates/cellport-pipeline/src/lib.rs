@@ -21,8 +21,8 @@ pub mod synthetic;
 pub mod visualize;
 
 pub use export::{
-    Checkpoints, ExportContext, ExportError, ExportInput, ExportSummary, NoCheckpoints,
-    ProgressSink, export_archive, plan_tasks,
+    Checkpoints, ExportContext, ExportError, ExportInput, ExportPlan, ExportSummary, NoCheckpoints,
+    ProgressSink, export_archive, plan_export, plan_tasks, run_export,
 };
 pub use source::{FileProjectStore, ProjectSource, SourceError};
 pub use storage::{Staging, Storage, Stored};

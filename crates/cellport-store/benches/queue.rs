@@ -10,6 +10,7 @@ use apalis_core::backend::TaskSink;
 use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
+use cellport_core::progress::ProgressSnapshot;
 use cellport_core::{CancelReason, ExportJob, ExportOptions, JobId, JobRecord};
 use cellport_store::events::decode_job_id;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, QueueConfig, Store};
@@ -129,7 +130,15 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         store
             .update_job(id, None, Some(lease), |r| {
-                r.job.start(vec![], 1, now).map(Some)
+                r.job
+                    .start(
+                        &ProgressSnapshot {
+                            items_total: 1,
+                            ..ProgressSnapshot::default()
+                        },
+                        now,
+                    )
+                    .map(Some)
             })
             .await?;
         let asked = Instant::now();

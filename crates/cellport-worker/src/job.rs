@@ -9,11 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cellport_core::progress::ProgressTracker;
 use cellport_core::{ImageRecord, JobId, JobRecord, JobStatus, Project, TransitionError};
-use cellport_pipeline::{
-    Checkpoints, ExportContext, ExportError, ExportInput, export_archive, plan_tasks,
-};
+use cellport_pipeline::{Checkpoints, ExportContext, ExportError, ExportInput, plan_export};
 use cellport_store::{Lease, LeaseError, UpdateError};
 use futures::future::BoxFuture;
 use time::OffsetDateTime;
@@ -317,8 +314,18 @@ async fn attempt(
         source: state.source.as_ref(),
         export_date: OffsetDateTime::now_utc(),
     };
-    let plan = plan_tasks(&input);
-    let initial = ProgressTracker::new(&plan).snapshot(Duration::ZERO);
+    // Planned before the start is published, so the start already counts what earlier
+    // attempts checkpointed: a client's counters carry on instead of dropping to zero.
+    let staging = state.storage.staging(job_id);
+    let checkpoints = RedisCheckpoints {
+        store: state.store.clone(),
+        job_id,
+        lease: run.lease,
+        done: state.store.checkpoints(job_id).await?.into_keys().collect(),
+        lease_lost: run.lease_lost.clone(),
+    };
+    let plan = plan_export(&input, &staging, &checkpoints).await;
+    let initial = plan.initial_progress();
     let now = OffsetDateTime::now_utc();
     let started = state
         .store
@@ -330,9 +337,7 @@ async fn attempt(
                     r.audience.push(user);
                 }
             }
-            r.job
-                .start(initial.tasks.clone(), initial.items_total, now)
-                .map(Some)
+            r.job.start(&initial, now).map(Some)
         })
         .await;
     let record = match started {
@@ -349,6 +354,7 @@ async fn attempt(
     tracing::info!(
         images = images.len(),
         attempt = record.job.attempts,
+        items_reused = plan.items_reused(),
         "export started"
     );
 
@@ -362,14 +368,6 @@ async fn attempt(
         run.cancel.clone(),
         run.lease_lost.clone(),
     ));
-    let staging = state.storage.staging(job_id);
-    let checkpoints = RedisCheckpoints {
-        store: state.store.clone(),
-        job_id,
-        lease: run.lease,
-        done: state.store.checkpoints(job_id).await?.into_keys().collect(),
-        lease_lost: run.lease_lost.clone(),
-    };
     let outcome = async {
         let mut writer = state
             .storage
@@ -383,7 +381,7 @@ async fn attempt(
             cancel: &run.cancel,
             parallelism: state.item_parallelism,
         };
-        match export_archive(&input, &ctx, &mut writer.file).await {
+        match cellport_pipeline::run_export(&input, &ctx, plan, &mut writer.file).await {
             Ok(summary) => Ok((writer, summary)),
             Err(e) => {
                 if let Err(abort) = writer.abort().await {

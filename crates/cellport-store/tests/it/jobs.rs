@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use cellport_core::progress::ProgressSnapshot;
 use cellport_core::{CancelReason, ExportJob, ExportOptions, JobRecord, JobStatus};
 use cellport_store::events::decode_message;
 use cellport_store::{CommitError, CreateOutcome, EventSubscriber, Store, UpdateError};
@@ -42,7 +43,13 @@ async fn a_stale_writer_loses_and_a_final_job_stays_final() -> anyhow::Result<()
 
     let now = OffsetDateTime::now_utc();
     let mut worker_copy = store.load_job(id).await?.unwrap();
-    let mut started = worker_copy.job.start(vec![], 2, now)?;
+    let mut started = worker_copy.job.start(
+        &ProgressSnapshot {
+            items_total: 2,
+            ..ProgressSnapshot::default()
+        },
+        now,
+    )?;
     assert_eq!(
         store
             .commit(&mut worker_copy, Some(&mut started), None)
@@ -152,7 +159,15 @@ async fn cancel_racing_completion_never_yields_two_endings() -> anyhow::Result<(
         let now = OffsetDateTime::now_utc();
         store
             .update_job(id, None, Some(lease), |r| {
-                r.job.start(vec![], 1, now).map(Some)
+                r.job
+                    .start(
+                        &ProgressSnapshot {
+                            items_total: 1,
+                            ..ProgressSnapshot::default()
+                        },
+                        now,
+                    )
+                    .map(Some)
             })
             .await?;
         let (completed, cancelled) = tokio::join!(
@@ -263,7 +278,15 @@ async fn counters_follow_every_status_change() -> anyhow::Result<()> {
 
     store
         .update_job(done.job.id, None, None, |r| {
-            r.job.start(vec![], 1, now).map(Some)
+            r.job
+                .start(
+                    &ProgressSnapshot {
+                        items_total: 1,
+                        ..ProgressSnapshot::default()
+                    },
+                    now,
+                )
+                .map(Some)
         })
         .await?;
     store
@@ -323,7 +346,15 @@ async fn pending_jobs_stay_listed_until_queued_or_started() -> anyhow::Result<()
     let now = OffsetDateTime::now_utc();
     store
         .update_job(started.job.id, None, None, |r| {
-            r.job.start(vec![], 1, now).map(Some)
+            r.job
+                .start(
+                    &ProgressSnapshot {
+                        items_total: 1,
+                        ..ProgressSnapshot::default()
+                    },
+                    now,
+                )
+                .map(Some)
         })
         .await?;
     let listed = store.stranded_jobs(Duration::ZERO, 10).await?;

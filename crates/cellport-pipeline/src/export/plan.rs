@@ -1,0 +1,234 @@
+//! An attempt's plan: its tasks and their costs, the items earlier attempts finished, and the
+//! reporter that turns the tracker's state into progress reports.
+//!
+//! Planning comes before the attempt publishes anything, so a resumed attempt's first event
+//! already counts the items it reuses from checkpoints.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cellport_core::progress::{PlannedTask, ProgressSnapshot, ProgressTracker};
+use cellport_core::{ExportOptions, ImageRecord};
+
+use super::{
+    Checkpoints, ExportInput, ProgressSink, TASK_ANNOTATIONS, TASK_ARCHIVE, TASK_METRICS,
+    TASK_VISUALIZATIONS,
+};
+use crate::names::{ImageEntryName, StemAllocator};
+use crate::storage::Staging;
+
+// Costs in rough nanoseconds of work, so the tasks weigh against each other as they take time.
+const COST_PER_PIXEL_RENDERED: u64 = 20;
+const COST_PER_POLYGON_ANNOTATED: u64 = 20_000;
+const COST_PER_POLYGON_MEASURED: u64 = 10_000;
+pub(super) const COST_PER_BYTE_ARCHIVED: u64 = 1;
+/// Expected size of a visualization PNG per pixel, to plan the archive's cost before it exists.
+const VIZ_BYTES_PER_PIXEL: u64 = 1;
+/// Expected bytes of annotation and metrics text per polygon, likewise.
+const DOC_BYTES_PER_POLYGON: u64 = 2_000;
+
+fn wants_annotations(options: &ExportOptions) -> bool {
+    !options.annotation_formats.is_empty()
+}
+
+pub(super) fn wants_metrics(options: &ExportOptions) -> bool {
+    !options.metrics_formats.is_empty()
+}
+
+/// Per-image costs of the three item tasks.
+pub(super) fn item_costs(image: &ImageRecord, options: &ExportOptions) -> [u64; 3] {
+    let polygons = image.polygons.len() as u64 + 1;
+    [
+        if options.include_visualizations {
+            (u64::from(image.width) * u64::from(image.height)).max(1) * COST_PER_PIXEL_RENDERED
+        } else {
+            0
+        },
+        if wants_annotations(options) {
+            polygons * COST_PER_POLYGON_ANNOTATED
+        } else {
+            0
+        },
+        if wants_metrics(options) {
+            polygons * COST_PER_POLYGON_MEASURED
+        } else {
+            0
+        },
+    ]
+}
+
+/// The tasks of an export and their costs, in the order they run. Tasks the options
+/// leave out stay in the list with no items, so clients show them as skipped.
+pub fn plan_tasks(input: &ExportInput<'_>) -> Vec<PlannedTask> {
+    let opts = input.options;
+    let n = input.images.len() as u64;
+    let mut costs = [0u64; 3];
+    for image in input.images {
+        for (total, cost) in costs.iter_mut().zip(item_costs(image, opts)) {
+            *total += cost;
+        }
+    }
+    let items = [
+        if opts.include_visualizations { n } else { 0 },
+        if wants_annotations(opts) { n } else { 0 },
+        if wants_metrics(opts) { n } else { 0 },
+    ];
+    let archive_bytes: u64 = input
+        .images
+        .iter()
+        .map(|i| {
+            let original = if opts.include_original_images {
+                i.size_bytes
+            } else {
+                0
+            };
+            let viz = if opts.include_visualizations {
+                u64::from(i.width) * u64::from(i.height) * VIZ_BYTES_PER_PIXEL
+            } else {
+                0
+            };
+            let docs = if wants_annotations(opts) || wants_metrics(opts) {
+                (i.polygons.len() as u64 + 1) * DOC_BYTES_PER_POLYGON
+            } else {
+                0
+            };
+            original + viz + docs
+        })
+        .sum();
+    let names = [TASK_VISUALIZATIONS, TASK_ANNOTATIONS, TASK_METRICS];
+    let mut plan: Vec<PlannedTask> = names
+        .iter()
+        .zip(items)
+        .zip(costs)
+        .map(|((name, items), cost)| PlannedTask {
+            name: (*name).to_owned(),
+            items,
+            cost,
+        })
+        .collect();
+    plan.push(PlannedTask {
+        name: TASK_ARCHIVE.to_owned(),
+        items: 1,
+        cost: (archive_bytes + 64 * 1024) * COST_PER_BYTE_ARCHIVED,
+    });
+    plan
+}
+
+/// The key of an image's item in checkpoints and staging.
+pub(super) fn item_key(image: &ImageRecord) -> String {
+    format!("image:{}", image.id)
+}
+
+pub(super) fn staged_item_name(image: &ImageRecord) -> String {
+    format!("items/{}.json", image.id)
+}
+
+pub(super) fn staged_viz_name(image: &ImageRecord) -> String {
+    format!("viz/{}.png", image.id)
+}
+
+/// What one attempt starts from: made by [`plan_export`] before the attempt publishes anything.
+#[derive(Debug, Clone)]
+pub struct ExportPlan {
+    pub(super) tracker: ProgressTracker,
+    /// The tasks' indices in the tracker: the three item tasks, then the archive.
+    pub(super) item_tasks: [usize; 3],
+    pub(super) archive_task: usize,
+    /// Every image's entry names, in project order.
+    pub(super) names: Vec<ImageEntryName>,
+    /// Indices of the images this attempt processes; the rest are reused from checkpoints.
+    pub(super) todo: Vec<usize>,
+    pub(super) reused: usize,
+}
+
+impl ExportPlan {
+    /// Progress before any work: the items reused from earlier attempts already count.
+    pub fn initial_progress(&self) -> ProgressSnapshot {
+        self.tracker.snapshot(Duration::ZERO)
+    }
+
+    /// Items finished by earlier attempts that this one reuses.
+    pub fn items_reused(&self) -> usize {
+        self.reused
+    }
+}
+
+/// Plans one attempt: the tasks, the entry names, and which items earlier attempts finished
+/// (checkpointed, with their staged files still there), restored into the progress.
+pub async fn plan_export(
+    input: &ExportInput<'_>,
+    staging: &Staging,
+    checkpoints: &dyn Checkpoints,
+) -> ExportPlan {
+    let plan = plan_tasks(input);
+    let task = |name: &str| {
+        plan.iter()
+            .position(|t| t.name == name)
+            .expect("planned task")
+    };
+    let item_tasks = [
+        task(TASK_VISUALIZATIONS),
+        task(TASK_ANNOTATIONS),
+        task(TASK_METRICS),
+    ];
+    let archive_task = task(TASK_ARCHIVE);
+    let mut tracker = ProgressTracker::new(&plan);
+    let mut stems = StemAllocator::default();
+    let names = input
+        .images
+        .iter()
+        .map(|img| stems.assign(&img.name))
+        .collect();
+    let mut reused = 0;
+    let mut todo = Vec::new();
+    for (index, image) in input.images.iter().enumerate() {
+        let staged = checkpoints.is_done(&item_key(image))
+            && staging.exists(&staged_item_name(image)).await
+            && (!input.options.include_visualizations
+                || staging.exists(&staged_viz_name(image)).await);
+        if staged {
+            reused += 1;
+            for (task, cost) in item_tasks.iter().zip(item_costs(image, input.options)) {
+                if cost > 0 {
+                    tracker.restore_item(*task, cost);
+                }
+            }
+        } else {
+            todo.push(index);
+        }
+    }
+    ExportPlan {
+        tracker,
+        item_tasks,
+        archive_task,
+        names,
+        todo,
+        reused,
+    }
+}
+
+/// Feeds the tracker's reports to the sink; a report is a boundary when a task changed status.
+pub(super) struct Reporter<'a> {
+    tracker: Mutex<ProgressTracker>,
+    sink: &'a dyn ProgressSink,
+    started: Instant,
+}
+
+impl<'a> Reporter<'a> {
+    pub(super) fn new(tracker: ProgressTracker, sink: &'a dyn ProgressSink) -> Reporter<'a> {
+        Reporter {
+            tracker: Mutex::new(tracker),
+            sink,
+            started: Instant::now(),
+        }
+    }
+
+    /// Applies `change` and reports the result. The report is sent under the lock, so the
+    /// sink sees snapshots in the order they were taken.
+    pub(super) fn update(&self, change: impl FnOnce(&mut ProgressTracker)) {
+        let mut tracker = self.tracker.lock().expect("progress tracker");
+        change(&mut tracker);
+        let (snapshot, boundary) = tracker.report(self.started.elapsed());
+        self.sink.report(snapshot, boundary);
+    }
+}
