@@ -226,3 +226,129 @@ async fn idempotency_key_and_per_user_limit_over_http() -> anyhow::Result<()> {
     assert_eq!(error_of(limited).await.1["code"], "too_many_exports");
     Ok(())
 }
+
+/// Longest answer a client accepts while Redis is down: the contract is a second (the store's
+/// command timeout is 800 ms); the slack is for a loaded machine, and a hang still fails.
+const OUTAGE_ANSWER_WITHIN: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_in_time_while_redis_is_stopped() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        worker: false,
+        ..StackOptions::default()
+    })
+    .await?;
+    let (project, _) = stack.import_synthetic("alice", tiny(2)).await?;
+    let project = project.id.as_str();
+    let job = stack.post_export("alice", project, json!({})).await?;
+    stack.redis.kill().await?;
+
+    let export = format!("/api/projects/{project}/export");
+    let on_job = |rest: &str| format!("{export}/{job}{rest}");
+    let admin = stack.admin_token("root");
+    let user = stack.token("alice");
+    let api = |path: &str| stack.url(path);
+    let gateway = |path: &str| format!("http://{}{path}", stack.gateway);
+    // Routes that need Redis answer 503; the rest answer as usual.
+    let cases = [
+        ("POST", api(&export), &user, StatusCode::SERVICE_UNAVAILABLE),
+        (
+            "GET",
+            api(&on_job("/status")),
+            &user,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "GET",
+            api(&on_job("/status?after=0&waitMs=30000")),
+            &user,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "GET",
+            api(&on_job("/download")),
+            &user,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "POST",
+            api(&on_job("/download-token")),
+            &user,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "POST",
+            api(&on_job("/cancel")),
+            &user,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "GET",
+            api(&format!("{export}/history")),
+            &user,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "GET",
+            api("/api/queue/stats"),
+            &admin,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "GET",
+            api("/readyz"),
+            &user,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            "GET",
+            gateway("/readyz"),
+            &user,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        // The file store needs no Redis; liveness and the scrape answer regardless.
+        ("GET", api("/api/projects"), &user, StatusCode::OK),
+        (
+            "GET",
+            api(&format!("/api/projects/{project}/images")),
+            &user,
+            StatusCode::OK,
+        ),
+        ("GET", api("/healthz"), &user, StatusCode::OK),
+        ("GET", api("/metrics"), &user, StatusCode::OK),
+        ("GET", gateway("/healthz"), &user, StatusCode::OK),
+        ("GET", gateway("/metrics"), &user, StatusCode::OK),
+    ];
+    let mut slowest = Duration::ZERO;
+    for (method, url, token, expected) in cases {
+        let started = std::time::Instant::now();
+        let request = match method {
+            "POST" => stack.http.post(&url).json(&json!({})),
+            _ => stack.http.get(&url),
+        };
+        let response = request
+            .bearer_auth(token)
+            .timeout(OUTAGE_ANSWER_WITHIN)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{method} {url} gave no answer: {e}"))?;
+        let took = started.elapsed();
+        slowest = slowest.max(took);
+        eprintln!(
+            "{method} {url}: {} in {} ms",
+            response.status(),
+            took.as_millis()
+        );
+        let status = response.status();
+        assert_eq!(status, expected, "{method} {url}");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let (_, error) = error_of(response).await;
+            assert_eq!(error["code"], "unavailable", "{method} {url}");
+        }
+    }
+    eprintln!(
+        "slowest answer with redis stopped: {} ms",
+        slowest.as_millis()
+    );
+    Ok(())
+}

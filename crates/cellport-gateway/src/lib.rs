@@ -93,6 +93,7 @@ pub async fn run(
     let app = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
@@ -106,6 +107,21 @@ pub async fn run(
     stop.cancel();
     let _ = fan_out.await;
     Ok(())
+}
+
+/// Readiness: Redis answers within the store's command timeout, so a probe gets its answer
+/// within a second either way.
+async fn readyz(State(state): State<GatewayState>) -> Response {
+    if state.store.ping().await {
+        "ready".into_response()
+    } else {
+        cellport_api::error::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "redis does not answer",
+        )
+        .into_response()
+    }
 }
 
 /// Forwards every event from Redis to the hub until `stop`. After a reconnect (or when this

@@ -43,19 +43,29 @@ impl StoreError {
 /// Pub/sub messages buffered per receiver before a slow one starts missing them.
 const PUBSUB_BUFFER: usize = 16 * 1024;
 
-/// How long one Redis command may take before it fails (and the caller answers 503 or retries).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one Redis command may take, queued while reconnecting included, before it fails
+/// and the caller answers 503 or retries. The one bound for every command a request waits on:
+/// it keeps each route, `/readyz` among them, answering within a second while Redis is down.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// A client builder that reconnects forever with backoff (100 ms doubling to 2 s).
 pub(crate) fn builder(url: &str) -> Result<Builder, StoreError> {
+    builder_with_timeout(url, COMMAND_TIMEOUT)
+}
+
+/// [`builder`] for a client whose commands may legitimately wait longer (a blocking read).
+pub(crate) fn builder_with_timeout(
+    url: &str,
+    command_timeout: Duration,
+) -> Result<Builder, StoreError> {
     let mut builder = Builder::from_config(Config::from_url(url)?);
     builder
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(3);
-            c.internal_command_timeout = COMMAND_TIMEOUT;
+            c.internal_command_timeout = command_timeout;
         })
         .with_performance_config(|p| {
-            p.default_command_timeout = COMMAND_TIMEOUT;
+            p.default_command_timeout = command_timeout;
             // Pub/sub messages wait here for the receiving task; a burst must not be dropped as lag.
             p.broadcast_channel_capacity = PUBSUB_BUFFER;
         })

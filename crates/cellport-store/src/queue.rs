@@ -32,7 +32,7 @@ use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{Store, StoreError, builder, keys};
+use crate::{Store, StoreError, builder_with_timeout, keys};
 
 /// What a queue entry carries: the job's id; everything else is in the job record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -446,7 +446,9 @@ impl<Args> JobQueue<Args> {
 
     /// A queue handle for one worker process, with its own blocking connection.
     pub async fn consumer(store: Store, config: QueueConfig) -> Result<JobQueue<Args>, StoreError> {
-        let blocking = builder(store.url())?.build()?;
+        // A blocking read waits `block` on Redis before it answers.
+        let blocking =
+            builder_with_timeout(store.url(), config.block + crate::COMMAND_TIMEOUT)?.build()?;
         blocking.init().await?;
         Ok(Self::with(store, Some(blocking), config))
     }
