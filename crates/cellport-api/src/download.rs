@@ -1,5 +1,5 @@
 //! Archive downloads: ranges (`206`, `416`, `If-Range`), and the download phase of a job's
-//! progress (SPEC §6), driven by the bytes actually handed to the connection.
+//! progress (docs/reference.md, "Progress"), driven by the bytes actually handed to the connection.
 
 use std::ops::RangeInclusive;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! The OpenAPI 3.1 document of the HTTP API (SPEC §4), served at `GET /api/openapi.json`.
+//! The OpenAPI 3.1 document of the HTTP API (docs/reference.md, "HTTP API"), served at
+//! `GET /api/openapi.json`.
 //!
 //! The router and this document are built from one source: `api_routes` in `lib.rs` registers
 //! every handler through utoipa-axum's `routes!`, which adds the axum route and the handler's
@@ -69,7 +70,7 @@ pub(crate) fn base() -> utoipa::openapi::OpenApi {
 )]
 struct ApiDoc;
 
-/// Adds the two ways of presenting the JWT (SPEC §3).
+/// Adds the two ways of presenting the JWT (docs/reference.md, "HTTP API").
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {

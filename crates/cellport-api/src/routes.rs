@@ -1,4 +1,4 @@
-//! The HTTP handlers of SPEC §4.
+//! The HTTP handlers of the API (docs/reference.md, "HTTP API").
 
 use std::collections::HashSet;
 

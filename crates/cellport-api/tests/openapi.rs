@@ -1,5 +1,5 @@
 //! The OpenAPI document against the API it describes: the documented routes are exactly the
-//! routes of SPEC §4, the schemas match what the wire types serialize to, and every answer a
+//! API's routes, the schemas match what the wire types serialize to, and every answer a
 //! real router (on a private Redis) gives is a documented status with a body that fits.
 
 use std::collections::BTreeSet;
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
-/// Every route of SPEC §4 plus the document itself: whether it needs a token, and the
+/// Every route of the API plus the document itself: whether it needs a token, and the
 /// statuses it may answer.
 const ROUTES: &[(&str, &str, Auth, &[u16])] = &[
     ("GET", "/api/openapi.json", Auth::None, &[200]),

@@ -1,7 +1,8 @@
 //! Progress math: items weighted by their cost, mapped onto the overall 0–100 scale.
 //!
-//! Processing covers 0–80 and the download 80–100 (SPEC §6). The tracker is plain data:
-//! the pipeline feeds it costs as work happens and reads snapshots; time comes in as an argument.
+//! Processing covers 0–80 and the download 80–100 (docs/reference.md, "Progress"). The tracker is
+//! plain data: the pipeline feeds it costs as work happens and reads snapshots; time comes in as an
+//! argument.
 
 use std::time::Duration;
 

@@ -1,8 +1,9 @@
 //! Polygon geometry shared by every output: validity, hole assignment, Polygon IDs.
 //!
 //! An image's stored polygons become a [`PreparedImage`]: its valid external polygons in stored
-//! order, numbered 1.., each with the holes it owns (SPEC §7–§8), the valid holes no external
-//! polygon contains, and a warning for everything left out.
+//! order, numbered 1.., each with the holes it owns, the valid holes no external polygon
+//! contains, and a warning for everything left out (docs/reference.md, "Cancellation, failure and
+//! resume" and "Archive layout").
 //!
 //! The helpers below ([`signed_area`], [`perimeter`], [`convex_hull`], [`hull_diameter`],
 //! [`hull_min_width`], [`hull_width_across`]) are what the metrics are built from. They accept
@@ -10,7 +11,8 @@
 
 use cellport_core::{ImageRecord, Point, PolygonKind};
 
-/// Below this absolute shoelace area (px²) a polygon counts as having zero area (SPEC §8).
+/// Below this absolute shoelace area (px²) a polygon counts as having zero area (docs/reference.md,
+/// "Cancellation, failure and resume").
 pub const MIN_AREA: f64 = 1e-9;
 
 /// How close (px) a point must be to an edge to count as lying on it in [`point_in_ring`].
@@ -37,7 +39,8 @@ pub struct PreparedImage {
     pub warnings: Vec<String>,
 }
 
-/// Why a stored polygon is left out of the export (SPEC §7).
+/// Why a stored polygon is left out of the export (docs/reference.md, "Cancellation, failure
+/// and resume").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidPolygon {
     NonFinite,
@@ -55,8 +58,9 @@ impl std::fmt::Display for InvalidPolygon {
     }
 }
 
-/// Checks one ring against SPEC §7. Non-finite coordinates are reported first because the
-/// other two tests are meaningless on them.
+/// Checks one ring against the validity rules of docs/reference.md ("Cancellation, failure and
+/// resume"). Non-finite coordinates are reported first because the other two tests are
+/// meaningless on them.
 pub fn check_polygon(points: &[Point]) -> Result<(), InvalidPolygon> {
     if points.iter().any(|p| !p.x.is_finite() || !p.y.is_finite()) {
         return Err(InvalidPolygon::NonFinite);
@@ -524,7 +528,7 @@ pub(crate) mod tests {
             pts(&[(0.0, 0.0), (1.0, f64::INFINITY)]),
             Err(InvalidPolygon::NonFinite),
         );
-        // A figure eight whose lobes cancel has zero signed area: invalid by the SPEC's rule.
+        // A figure eight whose lobes cancel has zero signed area: invalid by the zero-area rule.
         check(
             pts(&[(0.0, 0.0), (1.0, 1.0), (1.0, 0.0), (0.0, 1.0)]),
             Err(InvalidPolygon::ZeroArea),

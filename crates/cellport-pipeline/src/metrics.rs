@@ -1,4 +1,4 @@
-//! Per-polygon metrics (SPEC §9) and their CSV, JSON and XLSX files.
+//! Per-polygon metrics (docs/reference.md, "Metrics") and their CSV, JSON and XLSX files.
 //!
 //! [`measure`] computes one external polygon's metrics in pixels, with its holes subtracted.
 //! The writers scale them by `pixelToMicrometerScale` (lengths × s, areas × s², ratios as they
@@ -23,7 +23,7 @@ use crate::geometry::{
 };
 
 /// The metrics of one external polygon minus its holes, in pixels unless [`PolygonMetrics::scaled`].
-/// Serialized field names are the JSON keys of `metrics.json` (camelCase of the SPEC's columns).
+/// Serialized field names are the JSON keys of `metrics.json` (camelCase of the metrics columns).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolygonMetrics {
@@ -57,8 +57,9 @@ pub struct MetricsRow {
     pub metrics: PolygonMetrics,
 }
 
-/// Computes SPEC §9 for one cell. Ring orientation does not matter: every area is taken as an
-/// absolute value and the moments are normalised per ring before the holes are subtracted.
+/// Computes the metrics of docs/reference.md ("Metrics") for one cell. Ring orientation does not
+/// matter: every area is taken as an absolute value and the moments are normalised per ring before
+/// the holes are subtracted.
 pub fn measure(cell: &CellPolygon) -> PolygonMetrics {
     let external_area = signed_area(&cell.external).abs();
     let holes_area: f64 = cell.holes.iter().map(|h| signed_area(h).abs()).sum();
@@ -79,7 +80,8 @@ pub fn measure(cell: &CellPolygon) -> PolygonMetrics {
         perimeter: external_perimeter,
         perimeter_with_holes,
         equivalent_diameter,
-        // Discretised outlines can exceed the isoperimetric bound by rounding; the SPEC caps at 1.
+        // Discretised outlines can exceed the isoperimetric bound by rounding; the definition caps
+        // it at 1.
         circularity: (4.0 * PI * area / perimeter_with_holes.powi(2)).min(1.0),
         feret_diameter_max: feret_max,
         feret_diameter_min: feret_min,
@@ -241,7 +243,7 @@ impl Dimension {
     }
 }
 
-/// One metric column: its SPEC name, dimension and value.
+/// One metric column: its column name, dimension and value.
 #[derive(Clone, Copy)]
 pub struct MetricColumn {
     pub name: &'static str,
@@ -249,7 +251,8 @@ pub struct MetricColumn {
     pub value: fn(&PolygonMetrics) -> f64,
 }
 
-/// The SPEC §9 metric columns in order, after Image Name, Image ID and Polygon ID.
+/// The metric columns of docs/reference.md ("Metrics") in order, after Image Name, Image ID and
+/// Polygon ID.
 pub const METRIC_COLUMNS: [MetricColumn; 18] = {
     use Dimension::{Area, Length, Ratio};
     const fn col(
@@ -740,7 +743,7 @@ mod tests {
         }
     }
 
-    /// Expected values in SPEC column order, from Area to Sphericity.
+    /// Expected values in column order, from Area to Sphericity.
     fn metrics_from(v: [f64; 18]) -> PolygonMetrics {
         PolygonMetrics {
             area: v[0],

@@ -1,4 +1,5 @@
-//! Visualizations: the image with its polygons drawn over it (SPEC §4 visualizationOptions, §8).
+//! Visualizations: the image with its polygons drawn over it (docs/reference.md, "Export options"
+//! and "Archive layout").
 //!
 //! Three pure functions make a `visualizations/<stem>_viz.png` entry:
 //! [`decode_for_display`] turns any stored image into 8-bit RGB, [`render_visualization`] draws

@@ -119,7 +119,7 @@ async fn export_sample(
     let started: Started = client.start_export(project.id.as_str(), &options).await?;
     eprintln!("export {} queued", started.job_id);
     let bar = progress_bar();
-    let (event, data) = follow(&mut socket, &client, &started, &bar).await?;
+    let (event, data) = follow(Some(&mut socket), &client, &started, &bar).await?;
     if event != "export:completed" {
         bar.abandon_with_message(event.clone());
         anyhow::bail!("the export ended with {event}: {}", data["error"]);

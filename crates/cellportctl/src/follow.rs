@@ -138,13 +138,37 @@ pub fn progress_bar() -> ProgressBar {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens the event socket before the export starts, so no event is missed.
+/// How long opening the event socket may take: a gateway that does not answer by then is
+/// treated like one that refused.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the event socket; [`follow`] reads the status once it is open, so no event is missed.
 pub async fn connect_events(events_url: &str, token: &str) -> anyhow::Result<Socket> {
     let url = format!("{events_url}?token={token}");
-    let (socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .with_context(|| format!("cannot open the event socket at {events_url}"))?;
+    let connecting = tokio_tungstenite::connect_async(url);
+    let (socket, _) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(connected) => connected.map_err(anyhow::Error::from),
+        Err(_) => Err(anyhow::anyhow!(
+            "no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+    .with_context(|| format!("cannot open the event socket at {events_url}"))?;
     Ok(socket)
+}
+
+/// The event socket of an export the API accepted, or `None` when it cannot be opened (no
+/// gateway at the API's `eventsUrl`, say): then [`follow`] long-polls the status, and one line
+/// on stderr says so, since the export itself is running either way.
+pub async fn connect_events_or_long_poll(events_url: &str, token: &str) -> Option<Socket> {
+    match connect_events(events_url, token).await {
+        Ok(socket) => Some(socket),
+        Err(error) => {
+            let cause = error.root_cause();
+            eprintln!("event socket unavailable ({events_url}: {cause}): following by long-poll");
+            None
+        }
+    }
 }
 
 /// The terminal event name and data a status snapshot stands for, if the job has ended.
@@ -157,12 +181,25 @@ fn ended(status: &Value) -> Option<(String, Value)> {
     })
 }
 
-/// Follows one job's events until its terminal event; returns that event's data.
+/// Shows a progress event's or a status snapshot's position and task on the bar.
+fn show(bar: &ProgressBar, data: &Value) {
+    if let Some(p) = data["progress"].as_f64() {
+        bar.set_position(p.floor() as u64);
+    }
+    if let Some(task) = data["currentTask"].as_str() {
+        let done = data["itemsCompleted"].as_u64().unwrap_or(0);
+        let total = data["itemsTotal"].as_u64().unwrap_or(0);
+        bar.set_message(format!("{task} ({done}/{total} items)"));
+    }
+}
+
+/// Follows one job until it ends; returns its terminal event's name and data.
 ///
-/// The status is read once after the socket is open, so a job that ended before the
-/// client connected is not waited for; if the socket closes, long-polls of the status follow on.
+/// The status is read first (after the socket is open), so a job that ended before the client
+/// connected is not waited for. Events come from `socket`; without one, or once it closes,
+/// long-polls of the status follow on (`?after=SEQ&waitMs=30000`).
 pub async fn follow(
-    socket: &mut Socket,
+    socket: Option<&mut Socket>,
     client: &ApiClient,
     started: &Started,
     bar: &ProgressBar,
@@ -172,42 +209,40 @@ pub async fn follow(
         return Ok(done);
     }
     let mut last_seq = status["seq"].as_u64().unwrap_or(0);
-    while let Some(message) = socket.next().await {
-        let Ok(Message::Text(text)) = message else {
-            continue;
-        };
-        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
-            continue;
-        };
-        let data = &frame["data"];
-        if data["jobId"].as_str() != Some(started.job_id.as_str()) {
-            continue;
-        }
-        let seq = data["seq"].as_u64().unwrap_or(0);
-        if seq <= last_seq {
-            continue;
-        }
-        last_seq = seq;
-        let event = frame["event"].as_str().unwrap_or_default().to_owned();
-        if let Some(p) = data["progress"].as_f64() {
-            bar.set_position(p.floor() as u64);
-        }
-        match event.as_str() {
-            "export:started" => bar.set_message("started"),
-            "export:progress" => {
-                let task = data["currentTask"].as_str().unwrap_or("");
-                let done = data["itemsCompleted"].as_u64().unwrap_or(0);
-                let total = data["itemsTotal"].as_u64().unwrap_or(0);
-                bar.set_message(format!("{task} ({done}/{total} items)"));
+    if let Some(socket) = socket {
+        while let Some(message) = socket.next().await {
+            let Ok(Message::Text(text)) = message else {
+                continue;
+            };
+            let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
+                continue;
+            };
+            let data = &frame["data"];
+            if data["jobId"].as_str() != Some(started.job_id.as_str()) {
+                continue;
             }
-            "export:completed" | "export:failed" | "export:cancelled" => {
-                return Ok((event, data.clone()));
+            let seq = data["seq"].as_u64().unwrap_or(0);
+            if seq <= last_seq {
+                continue;
             }
-            _ => {}
+            last_seq = seq;
+            let event = frame["event"].as_str().unwrap_or_default().to_owned();
+            match event.as_str() {
+                "export:started" => {
+                    show(bar, data);
+                    bar.set_message("started");
+                }
+                "export:progress" => show(bar, data),
+                "export:completed" | "export:failed" | "export:cancelled" => {
+                    show(bar, data);
+                    return Ok((event, data.clone()));
+                }
+                _ => {}
+            }
         }
+        // The socket went away (a gateway restart, say): follow by long-polling the API instead.
+        bar.set_message("event socket closed: following the status");
     }
-    // The socket went away (a gateway restart, say): follow by long-polling the API instead.
-    bar.set_message("event socket closed: following the status");
     loop {
         let status = client
             .status_after(&started.status_url, Some(last_seq))
@@ -216,9 +251,7 @@ pub async fn follow(
             return Ok(done);
         }
         last_seq = status["seq"].as_u64().unwrap_or(last_seq);
-        if let Some(p) = status["progress"].as_f64() {
-            bar.set_position(p.floor() as u64);
-        }
+        show(bar, &status);
     }
 }
 

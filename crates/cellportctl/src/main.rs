@@ -20,7 +20,7 @@ use cellport_store::Store;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::follow::{ApiClient, connect_events, follow, progress_bar};
+use crate::follow::{ApiClient, connect_events_or_long_poll, follow, progress_bar};
 use crate::stack::{LocalStack, StackConfig};
 
 #[derive(Debug, Parser)]
@@ -291,9 +291,9 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let started = client.start_export(&args.project, &options).await?;
-    let mut socket = connect_events(&started.events_url, &args.token).await?;
+    let mut socket = connect_events_or_long_poll(&started.events_url, &args.token).await;
     let bar = progress_bar();
-    let (event, data) = follow(&mut socket, &client, &started, &bar).await?;
+    let (event, data) = follow(socket.as_mut(), &client, &started, &bar).await?;
     if event != "export:completed" {
         bar.abandon_with_message(format!("{event}: {}", data["error"].as_str().unwrap_or("")));
         anyhow::bail!("export {} ended with {event}", started.job_id);

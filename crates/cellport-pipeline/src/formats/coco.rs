@@ -51,7 +51,8 @@ pub struct CocoAnnotation {
     pub iscrowd: u8,
 }
 
-/// The annotations of one image, in Polygon ID order. Orphan holes are left out (SPEC §8).
+/// The annotations of one image, in Polygon ID order. Orphan holes are left out
+/// (docs/reference.md, "Archive layout").
 pub fn coco_annotations(prepared: &PreparedImage, width: u32, height: u32) -> Vec<CocoAnnotation> {
     prepared
         .cells

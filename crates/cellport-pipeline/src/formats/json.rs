@@ -1,5 +1,6 @@
-//! The JSON segmentation file (`annotations/json/segmentation_data.json`, SPEC §8): every valid
-//! polygon of every image, holes with a `parentId` naming their cell, orphan holes with `null`.
+//! The JSON segmentation file (`annotations/json/segmentation_data.json`, docs/reference.md,
+//! "Archive layout"): every valid polygon of every image, holes with a `parentId` naming their
+//! cell, orphan holes with `null`.
 //!
 //! Polygon ids within an image: an external polygon's id is its Polygon ID (1.., as in COCO,
 //! YOLO and the metrics); the valid holes, assigned or orphan, follow in stored order with ids

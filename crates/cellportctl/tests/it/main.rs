@@ -1,0 +1,5 @@
+//! Tests of `cellportctl` as a user meets it: the binary run against real services, and the
+//! reference that documents what it talks to.
+
+mod export;
+mod reference;
