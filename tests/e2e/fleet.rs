@@ -429,11 +429,15 @@ async fn sigterm_hands_the_job_back_at_once() -> anyhow::Result<()> {
         events_until(&mut ws, &job, Duration::from_secs(60), is_terminal).await;
     assert!(finished, "worker B did not finish: {}", worker_b.log());
     assert_eq!(events.last().unwrap()["event"], "export:completed");
-    let logged = cellport_testkit::wait_until(Duration::from_secs(5), || async {
+    let logged = cellport_testkit::wait_until(Duration::from_secs(30), || async {
         worker_b.log().contains("export completed")
     })
     .await;
-    assert!(logged, "{}", worker_b.log());
+    assert!(
+        logged,
+        "worker B never logged the completion: {}",
+        worker_b.log()
+    );
     assert!(
         completed_field(&worker_b.log(), "items_reused").unwrap_or(0) >= 5,
         "{}",

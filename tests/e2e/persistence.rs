@@ -165,13 +165,23 @@ async fn leftovers_of_stale_attempts_and_ended_jobs_are_removed() -> anyhow::Res
     std::fs::File::open(data.join(format!("staging/{job}")))?.set_modified(long_ago)?;
     let young = data.join(format!("archives/{unknown}.2.zip"));
     std::fs::write(&young, b"x")?;
-    let cleaned = wait_until(Duration::from_secs(60), || async {
-        planted.iter().all(|p| !p.exists()) && !data.join(format!("staging/{job}")).exists()
-    })
-    .await;
+    // A leftover round now, as the sweeper runs it every `leftovers_every`.
+    let store = cellport_store::Store::connect(&stack.redis.url()).await?;
+    let storage = cellport_pipeline::Storage::new(data);
+    let removed = cellport_worker::retention::remove_leftovers(&store, &storage).await?;
     let left: Vec<_> = planted.iter().filter(|p| p.exists()).collect();
-    assert!(cleaned, "still there: {left:?}");
+    assert!(left.is_empty(), "still there: {left:?}");
+    assert!(
+        !data.join(format!("staging/{job}")).exists(),
+        "the ended job's staging area is removed"
+    );
+    assert_eq!(removed, 4, "three files and a staging area");
     assert!(young.exists(), "files younger than an hour are left alone");
+    assert_eq!(
+        cellport_worker::retention::remove_leftovers(&store, &storage).await?,
+        0,
+        "a second round finds nothing"
+    );
     let entries = stack.download("alice", &done).await?;
     assert!(!entries.is_empty(), "the archive that counts stays");
     Ok(())

@@ -6,7 +6,7 @@
 pub mod cli;
 mod job;
 mod progress;
-mod retention;
+pub mod retention;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +46,9 @@ pub struct WorkerConfig {
     pub reclaim_after: Duration,
     /// How often expired archives and stranded pending jobs are looked for.
     pub sweep_every: Duration,
+    /// How often the storage is listed for leftovers of crashed or stale attempts (at a
+    /// sweep, by the sweeper of that round).
+    pub leftovers_every: Duration,
     /// A pending job whose queue entry was never confirmed for this long is queued again.
     pub requeue_after: Duration,
 }
@@ -63,6 +66,7 @@ impl WorkerConfig {
             lease_ttl: Duration::from_secs(10),
             reclaim_after: Duration::from_secs(15),
             sweep_every: Duration::from_secs(15),
+            leftovers_every: Duration::from_secs(5 * 60),
             requeue_after: Duration::from_secs(30),
         }
     }
@@ -189,6 +193,7 @@ pub async fn run(
         storage: state.storage.clone(),
         producer: state.producer.clone(),
         requeue_after: config.requeue_after,
+        leftovers_every: config.leftovers_every,
     };
     tokio::spawn(retention::sweep_forever(
         state.store.clone(),

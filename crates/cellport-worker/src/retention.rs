@@ -1,5 +1,6 @@
 //! Housekeeping: archives past `CELLPORT_ARCHIVE_TTL` are deleted (their records stay, marked
-//! expired), and pending jobs whose queue entry was never written are queued.
+//! expired), pending jobs whose queue entry was never written are queued, and leftovers of
+//! crashed or stale attempts are removed from storage.
 //!
 //! Every worker runs the loop, but only the holder of a short Redis lock sweeps in a given
 //! round, so one sweeper works at a time across the fleet.
@@ -18,12 +19,12 @@ pub(crate) struct Housekeeping {
     pub producer: JobQueue<ExportRequest>,
     /// A job pending this long without a confirmed queue entry is queued again.
     pub requeue_after: Duration,
+    /// Leftovers are looked for at most this often (it lists the storage).
+    pub leftovers_every: Duration,
 }
 
 /// Jobs expired per round; the next round takes the rest.
 const BATCH: u64 = 100;
-/// Leftovers are looked for every this many rounds (it lists the storage directories).
-const LEFTOVERS_EVERY: u64 = 20;
 
 pub(crate) async fn sweep_forever(
     store: Store,
@@ -33,7 +34,7 @@ pub(crate) async fn sweep_forever(
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
-    let mut round = 0u64;
+    let mut leftovers_due = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -47,12 +48,12 @@ pub(crate) async fn sweep_forever(
                 if let Err(e) = requeue_stranded(&store, &mut housekeeping).await {
                     tracing::warn!(error = %e, "requeueing stranded jobs failed");
                 }
-                if round.is_multiple_of(LEFTOVERS_EVERY)
-                    && let Err(e) = remove_leftovers(&store, &housekeeping.storage).await
-                {
-                    tracing::warn!(error = %e, "removing leftovers failed");
+                if tokio::time::Instant::now() >= leftovers_due {
+                    leftovers_due += housekeeping.leftovers_every;
+                    if let Err(e) = remove_leftovers(&store, &housekeeping.storage).await {
+                        tracing::warn!(error = %e, "removing leftovers failed");
+                    }
                 }
-                round += 1;
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "retention lock unavailable"),
@@ -119,7 +120,9 @@ const LEFTOVER_MIN_AGE: Duration = Duration::from_secs(3600);
 /// fence older than the job's) or of jobs that failed or were cancelled, partial archives and
 /// staging areas of ended jobs, and anything of a job Redis does not know. Only files untouched
 /// for an hour are considered, and nothing is removed when Redis knows none of their jobs.
-pub(crate) async fn remove_leftovers(store: &Store, storage: &Storage) -> anyhow::Result<usize> {
+/// Returns how many it removed. The sweeper calls it every `leftovers_every`; tests call it
+/// to run a round now.
+pub async fn remove_leftovers(store: &Store, storage: &Storage) -> anyhow::Result<usize> {
     let now = std::time::SystemTime::now();
     let mut judged = Vec::new();
     let mut known = false;

@@ -49,7 +49,7 @@ async fn every_job_is_delivered_once_acknowledged_and_removed() -> anyhow::Resul
         seen.lock().unwrap().len(),
         ids.len()
     );
-    let drained = wait_until(Duration::from_secs(5), || async {
+    let drained = wait_until(Duration::from_secs(15), || async {
         store.queue_depth().await.unwrap() == (0, 0)
     })
     .await;
@@ -96,11 +96,11 @@ async fn queue_depth_counts_waiting_and_in_flight() -> anyhow::Result<()> {
         JobQueue::<ExportRequest>::consumer(store.clone(), QueueConfig::new("holder")).await?;
     let worker = WorkerBuilder::new("holder").backend(queue).build(hold);
     let handle = tokio::spawn(worker.run());
-    let one_taken = wait_until(Duration::from_secs(5), || async {
+    let one_taken = wait_until(Duration::from_secs(15), || async {
         store.queue_depth().await.unwrap().1 >= 1
     })
     .await;
-    assert!(one_taken);
+    assert!(one_taken, "the holder never took a job in flight");
     let (waiting, in_flight) = store.queue_depth().await?;
     assert_eq!(waiting + in_flight, 3);
     handle.abort();
