@@ -8,3 +8,4 @@ mod gateway;
 mod persistence;
 mod public_api;
 mod support;
+mod tidy;

@@ -379,6 +379,15 @@ impl ExportJob {
         }))
     }
 
+    /// A worker shutting down gives the job back: pending again, waiting for the next worker,
+    /// with its progress kept for the resume.
+    pub fn hand_back(&mut self) -> Result<(), TransitionError> {
+        self.set_status(JobStatus::Pending)?;
+        self.phase = Phase::Queued;
+        self.message = Some("handed back to the queue".to_owned());
+        Ok(())
+    }
+
     /// Retention removed the archive: the job stays completed, its download is gone.
     pub fn expire(&mut self) {
         self.expired = true;

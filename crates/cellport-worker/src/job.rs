@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cellport_core::{ImageRecord, JobId, JobRecord, JobStatus, Project, TransitionError};
+use cellport_core::{ImageRecord, JobId, JobRecord, Project, TransitionError};
 use cellport_pipeline::{Checkpoints, ExportContext, ExportError, ExportInput, plan_export};
 use cellport_store::{Lease, LeaseError, UpdateError};
 use futures::future::BoxFuture;
@@ -607,9 +607,7 @@ async fn hand_back(run: &Running<'_>, record: JobRecord) -> Result<(), JobError>
         .state
         .store
         .update_job(run.job_id, Some(record), Some(run.lease), |r| {
-            r.job.status.transition(JobStatus::Pending)?;
-            r.job.status = JobStatus::Pending;
-            r.job.message = Some("handed back to the queue".to_owned());
+            r.job.hand_back()?;
             Ok::<_, TransitionError>(None)
         })
         .await;
