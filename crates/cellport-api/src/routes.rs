@@ -717,7 +717,7 @@ pub(crate) async fn list_images(
                 "name": image.name,
                 "width": image.width,
                 "height": image.height,
-                "polygonCount": cellport_pipeline::geometry::valid_external_count(image),
+                "polygonCount": cellport_core::polygon::valid_external_count(image),
             })
         })
         .collect();

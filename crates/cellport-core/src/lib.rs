@@ -7,6 +7,7 @@ pub mod events;
 pub mod ids;
 pub mod job;
 pub mod options;
+pub mod polygon;
 pub mod progress;
 pub mod project;
 
