@@ -19,6 +19,7 @@ use axum::{Router, middleware};
 use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -55,6 +56,9 @@ pub struct AppState {
     pub waits: Arc<JobWaits>,
     /// Requests this instance answered, for `/metrics`.
     pub http_metrics: HttpMetrics,
+    /// The subscription behind `waits`, closed by [`AppState::close`].
+    changes: Arc<EventSubscriber>,
+    stop_listening: CancellationToken,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -69,10 +73,17 @@ impl AppState {
         let store = Store::connect(&config.redis_url).await?;
         store.migrate().await?;
         let waits = Arc::new(JobWaits::default());
-        let subscriber = EventSubscriber::changes(&config.redis_url).await?;
-        tokio::spawn(waits.clone().listen(subscriber));
+        let changes = Arc::new(EventSubscriber::changes(&config.redis_url).await?);
+        let stop_listening = CancellationToken::new();
+        tokio::spawn(
+            waits
+                .clone()
+                .listen(changes.clone(), stop_listening.clone()),
+        );
         Ok(AppState {
             waits,
+            changes,
+            stop_listening,
             queue: JobQueue::producer(store.clone()),
             store,
             source: Arc::new(FileProjectStore::new(&config.data_dir)),
@@ -82,6 +93,14 @@ impl AppState {
             max_active_per_user: config.max_active_per_user,
             http_metrics: HttpMetrics::default(),
         })
+    }
+
+    /// Closes the Redis connections, once no request needs them: a connection left open sees
+    /// its Redis go away (a single-host stack stops Redis next) and logs it as an error.
+    pub async fn close(&self) {
+        self.stop_listening.cancel();
+        self.changes.quit().await;
+        self.store.quit().await;
     }
 }
 
@@ -124,8 +143,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = AppState::connect(&config).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    axum::serve(listener, router(state))
+    let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+        .await;
+    state.close().await;
+    Ok(served?)
 }

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use hub::{Hub, OUTBOX_CAPACITY, Outbox};
 pub use metrics::GatewayMetrics;
@@ -42,6 +43,8 @@ const SILENCE_CHECK: Duration = Duration::from_secs(5);
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// Close code sent on shutdown: reconnect (to another instance).
 pub const CLOSE_RECONNECT: u16 = 1012;
+/// How long shutdown waits for open sockets to send their close.
+const SOCKETS_CLOSE: Duration = Duration::from_secs(5);
 /// Jobs one `resume` may name.
 const MAX_RESUME_JOBS: usize = 1000;
 /// Recent jobs looked at when a client connects.
@@ -64,6 +67,8 @@ struct GatewayState {
     jwt: JwtKeys,
     store: Store,
     shutdown: CancellationToken,
+    /// The open sockets, which outlive the HTTP server: shutdown waits for them to close.
+    sockets: TaskTracker,
 }
 
 impl FromRef<GatewayState> for JwtKeys {
@@ -84,11 +89,13 @@ pub async fn run(
     let hub = Arc::new(Hub::default());
     let stop = CancellationToken::new();
     let fan_out = tokio::spawn(fan_out(subscriber, hub.clone(), stop.clone()));
+    let sockets = TaskTracker::new();
     let state = GatewayState {
         hub,
         jwt,
-        store,
+        store: store.clone(),
         shutdown: stop.clone(),
+        sockets: sockets.clone(),
     };
     let app = Router::new()
         .route("/ws", get(upgrade))
@@ -105,6 +112,16 @@ pub async fn run(
         .await?;
     stop.cancel();
     let _ = fan_out.await;
+    // Every socket sends its "reconnect" close and ends; only then is Redis let go, so that
+    // no connection is left open to see its Redis go away (a single-host stack stops it next).
+    sockets.close();
+    if tokio::time::timeout(SOCKETS_CLOSE, sockets.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!(open = sockets.len(), "sockets still closing at shutdown");
+    }
+    store.quit().await;
     Ok(())
 }
 
@@ -159,7 +176,10 @@ async fn upgrade(
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve_socket(state, caller, socket))
+        .on_upgrade(move |socket| {
+            let sockets = state.sockets.clone();
+            sockets.track_future(serve_socket(state, caller, socket))
+        })
 }
 
 fn frame(value: Value) -> Message {

@@ -33,7 +33,8 @@ pub struct LocalStack {
     pub api: SocketAddr,
     pub gateway: SocketAddr,
     pub redis_url: String,
-    _redis: Option<RedisServer>,
+    /// The private redis-server, when this stack started one.
+    redis: Option<RedisServer>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
@@ -118,7 +119,7 @@ impl LocalStack {
             api,
             gateway,
             redis_url,
-            _redis: redis,
+            redis,
             shutdown,
             tasks,
         };
@@ -147,15 +148,27 @@ impl LocalStack {
         anyhow::bail!("the api did not become ready within 15 s")
     }
 
-    /// Stops every service and waits (at most 10 s) for them to drain.
-    pub async fn stop(self) {
+    /// Stops every service and waits (at most 10 s) for them to drain and close their Redis
+    /// connections, then stops the private redis-server, if any, so that it flushes its AOF.
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        let all = futures::future::join_all(self.tasks);
-        if tokio::time::timeout(Duration::from_secs(10), all)
-            .await
-            .is_err()
+        let all = futures::future::join_all(std::mem::take(&mut self.tasks));
+        match tokio::time::timeout(Duration::from_secs(10), all).await {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => eprintln!("a service stopped with an error: {e:#}"),
+                        Err(e) => eprintln!("a service panicked: {e}"),
+                    }
+                }
+            }
+            Err(_) => eprintln!("services did not stop within 10 s"),
+        }
+        if let Some(mut redis) = self.redis.take()
+            && let Err(e) = redis.shutdown().await
         {
-            eprintln!("services did not stop within 10 s");
+            eprintln!("the private redis-server did not stop cleanly: {e:#}");
         }
     }
 }
