@@ -12,7 +12,7 @@ use cellport_gateway::GatewayConfig;
 use cellport_pipeline::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
-use cellport_testkit::{RedisOptions, RedisServer, local_listener, wait_until};
+use cellport_testkit::{RedisOptions, RedisServer, jwt_secret, local_listener, wait_until};
 use cellport_worker::WorkerConfig;
 use futures::StreamExt;
 use serde_json::Value;
@@ -20,8 +20,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{Entry, read_zip};
-
-pub const SECRET: &str = "test-secret";
 
 /// One job's events: `seq` strictly increases and `export:progress` never goes down.
 pub fn assert_seq_and_progress_ordered(events: &[Value]) {
@@ -109,7 +107,7 @@ impl Stack {
         let api_config = ApiConfig {
             redis_url: redis.url(),
             data_dir: data.path().to_owned(),
-            jwt_secret: SECRET.to_owned(),
+            jwt_secret: jwt_secret(),
             events_url: format!("ws://{gateway}/ws"),
             max_active_per_user: options.max_active_per_user,
         };
@@ -119,7 +117,7 @@ impl Stack {
         });
         let gateway_config = GatewayConfig {
             redis_url: redis.url(),
-            jwt_secret: SECRET.to_owned(),
+            jwt_secret: jwt_secret(),
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -147,7 +145,7 @@ impl Stack {
             api,
             gateway,
             http: reqwest::Client::new(),
-            keys: JwtKeys::new(SECRET)?,
+            keys: JwtKeys::new(&jwt_secret()),
             shutdown,
         };
         let http = stack.http.clone();
@@ -373,7 +371,7 @@ impl Stack {
         let addr = listener.local_addr()?;
         let config = GatewayConfig {
             redis_url: self.redis.url(),
-            jwt_secret: SECRET.to_owned(),
+            jwt_secret: jwt_secret(),
         };
         let stop = self.shutdown.child_token();
         let token = stop.clone();

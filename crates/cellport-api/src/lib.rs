@@ -2,6 +2,7 @@
 //! and streams downloads; job state lives in Redis, archives in storage.
 
 pub mod auth;
+pub mod cli;
 mod download;
 pub mod error;
 mod http_metrics;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::{Router, middleware};
 use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
+use cellport_runtime::JwtSecret;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +37,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub struct ApiConfig {
     pub redis_url: String,
     pub data_dir: PathBuf,
-    pub jwt_secret: String,
+    pub jwt_secret: JwtSecret,
     /// Where clients open the event WebSocket, returned as `eventsUrl`.
     pub events_url: String,
     /// Exports one user may have pending or processing at once (429 past it).
@@ -88,7 +90,7 @@ impl AppState {
             store,
             source: Arc::new(FileProjectStore::new(&config.data_dir)),
             storage: Storage::new(&config.data_dir),
-            jwt: JwtKeys::new(&config.jwt_secret)?,
+            jwt: JwtKeys::new(&config.jwt_secret),
             events_url: config.events_url.clone(),
             max_active_per_user: config.max_active_per_user,
             http_metrics: HttpMetrics::default(),

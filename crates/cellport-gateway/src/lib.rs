@@ -5,6 +5,7 @@
 //! client's `resume` and after Redis reconnects, a connection re-reads its jobs' latest
 //! events from Redis, so no instance needs to be sticky and no restart leaves a stale bar.
 
+pub mod cli;
 mod hub;
 mod metrics;
 
@@ -21,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cellport_api::{Caller, JwtKeys};
 use cellport_core::{JobId, JobRecord, JobStatus, Phase, UserId};
+use cellport_runtime::JwtSecret;
 use cellport_store::events::decode_message;
 use cellport_store::{EventSubscriber, Store};
 use futures::{SinkExt, StreamExt};
@@ -58,7 +60,7 @@ const MAX_CLIENT_MESSAGE: usize = 128 * 1024;
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub redis_url: String,
-    pub jwt_secret: String,
+    pub jwt_secret: JwtSecret,
 }
 
 #[derive(Clone)]
@@ -83,7 +85,7 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let jwt = JwtKeys::new(&config.jwt_secret)?;
+    let jwt = JwtKeys::new(&config.jwt_secret);
     let store = Store::connect(&config.redis_url).await?;
     let subscriber = EventSubscriber::connect(&config.redis_url).await?;
     let hub = Arc::new(Hub::default());

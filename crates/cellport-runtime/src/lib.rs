@@ -1,7 +1,10 @@
 //! Process glue shared by Cellport's binaries: tracing setup, the shutdown signal, durations,
-//! and a private redis-server child for the embedded single-host setup.
+//! secrets that never print, and a private redis-server child for the embedded single-host setup.
 
 pub mod redis;
+pub mod secret;
+
+pub use secret::{JwtSecret, Secret};
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@ use cellport_api::JwtKeys;
 use cellport_pipeline::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
-use cellport_runtime::RedisArgs;
+use cellport_runtime::{JwtSecret, RedisArgs};
 use clap::Args;
 use serde_json::json;
 
@@ -71,7 +71,7 @@ async fn export_sample(
     stack: &LocalStack,
     args: &DemoArgs,
     data_dir: &std::path::Path,
-    secret: &str,
+    secret: &JwtSecret,
 ) -> anyhow::Result<()> {
     let started_at = Instant::now();
     let samples = data_dir.join("sample-images");
@@ -107,7 +107,7 @@ async fn export_sample(
         started_at.elapsed().as_secs_f64()
     );
 
-    let token = JwtKeys::new(secret)?.mint(&project.owner, false, Duration::from_secs(3600));
+    let token = JwtKeys::new(secret).mint(&project.owner, false, Duration::from_secs(3600));
     let client = ApiClient::new(&format!("http://{}", stack.api), token.clone());
     // Subscribe before starting, so the bar sees every event from the first.
     let mut socket = connect_events(&format!("ws://{}/ws", stack.gateway), &token).await?;

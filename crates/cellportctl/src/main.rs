@@ -14,7 +14,8 @@ use cellport_core::{ProjectId, UserId};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::{FileProjectStore, ProjectSource};
 use cellport_runtime::{
-    LogFormat, RedisArgs, init_tracing_with_default, parse_duration, shutdown_signal,
+    JwtSecret, LogFormat, RedisArgs, Secret, init_tracing_with_default, parse_duration,
+    shutdown_signal,
 };
 use cellport_store::Store;
 use clap::{Args, Parser, Subcommand};
@@ -46,7 +47,7 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
         #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: String,
+        jwt_secret: JwtSecret,
     },
     /// Run the api, a gateway and workers in this process (the single-host setup).
     Serve(ServeArgs),
@@ -102,7 +103,7 @@ struct ServeArgs {
     data_dir: PathBuf,
     /// Generated (and printed) when not given.
     #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
+    jwt_secret: Option<JwtSecret>,
     #[arg(long, env = "CELLPORT_API_ADDR", default_value = "127.0.0.1:8080")]
     api_addr: SocketAddr,
     #[arg(long, env = "CELLPORT_GATEWAY_ADDR", default_value = "127.0.0.1:8081")]
@@ -141,16 +142,18 @@ struct ExportArgs {
     )]
     api_url: String,
     #[arg(long, env = "CELLPORT_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Secret<String>,
 }
 
-/// A fresh random secret for a stack that was given none.
-pub(crate) fn generated_secret() -> String {
-    format!(
+/// A fresh random secret for a stack that was given none: 64 hex digits of two v4 UUIDs,
+/// 244 random bits.
+pub(crate) fn generated_secret() -> JwtSecret {
+    JwtSecret::new(format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
-    )
+    ))
+    .expect("64 hex digits are long enough")
 }
 
 #[tokio::main]
@@ -167,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
             ttl,
             jwt_secret,
         } => {
-            println!("{}", JwtKeys::new(&jwt_secret)?.mint(&user, admin, ttl));
+            println!("{}", JwtKeys::new(&jwt_secret).mint(&user, admin, ttl));
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
@@ -254,7 +257,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(s) => s,
         None => {
             let s = generated_secret();
-            eprintln!("no CELLPORT_JWT_SECRET given; this run uses: {s}");
+            eprintln!(
+                "no CELLPORT_JWT_SECRET given; this run uses: {}",
+                s.expose()
+            );
             s
         }
     };
@@ -283,7 +289,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let options: Value =
         serde_json::from_str(&args.options).context("--options is not valid JSON")?;
-    let client = ApiClient::new(&args.api_url, args.token.clone());
+    let token = args.token.expose();
+    let client = ApiClient::new(&args.api_url, token.clone());
     let watch = args.watch || args.download.is_some();
     if !watch {
         let started = client.start_export(&args.project, &options).await?;
@@ -291,7 +298,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let started = client.start_export(&args.project, &options).await?;
-    let mut socket = connect_events(&started.events_url, &args.token).await?;
+    let mut socket = connect_events(&started.events_url, token).await?;
     let bar = progress_bar();
     let (event, data) = follow(&mut socket, &client, &started, &bar).await?;
     if event != "export:completed" {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cellport_api::ApiConfig;
 use cellport_gateway::GatewayConfig;
+use cellport_runtime::JwtSecret;
 use cellport_runtime::redis::{RedisOptions, RedisServer};
 use cellport_store::Store;
 use cellport_worker::{WorkerConfig, default_worker_name};
@@ -20,7 +21,7 @@ pub struct StackConfig {
     /// Where a private redis-server keeps its AOF; a temp dir when `None`.
     pub redis_dir: Option<PathBuf>,
     pub data_dir: PathBuf,
-    pub jwt_secret: String,
+    pub jwt_secret: JwtSecret,
     pub api_addr: SocketAddr,
     pub gateway_addr: SocketAddr,
     pub workers: usize,
