@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use cellport_runtime::{JwtSecret, LogFormat, RedisArgs, init_tracing, shutdown_signal};
 use clap::Parser;
 
-use crate::{GatewayConfig, run};
+use crate::{DEFAULT_MAX_CONNECTIONS_PER_USER, GatewayConfig, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,6 +20,14 @@ pub struct Args {
     jwt_secret: JwtSecret,
     #[arg(long, env = "CELLPORT_GATEWAY_ADDR", default_value = "127.0.0.1:8081")]
     addr: SocketAddr,
+    /// WebSocket connections one user may hold on this gateway; the next upgrade is refused with 429.
+    #[arg(
+        long,
+        env = "CELLPORT_MAX_CONNECTIONS_PER_USER",
+        default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER as u32,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_connections_per_user: u32,
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
 }
@@ -29,6 +37,7 @@ impl Args {
         GatewayConfig {
             redis_url: self.redis.redis_url,
             jwt_secret: self.jwt_secret,
+            max_connections_per_user: self.max_connections_per_user as usize,
         }
     }
 }

@@ -17,9 +17,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRef, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use cellport_api::error::ApiError;
 use cellport_api::{Caller, JwtKeys};
 use cellport_core::{JobId, JobRecord, JobStatus, Phase, UserId};
 use cellport_runtime::JwtSecret;
@@ -32,7 +33,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use hub::{Hub, OUTBOX_CAPACITY, Outbox};
+pub use hub::{Hub, OUTBOX_CAPACITY, Outbox, Slot, Slots};
 pub use metrics::GatewayMetrics;
 
 /// How often the server pings an idle client.
@@ -43,6 +44,10 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 const SILENCE_CHECK: Duration = Duration::from_secs(5);
 /// Close code for a client that cannot keep up.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Connections one user may hold on one gateway when not configured (SPEC §5).
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 20;
+/// What a refused upgrade suggests waiting before trying again.
+const RETRY_CONNECT_SECS: u64 = 5;
 /// Close code sent on shutdown: reconnect (to another instance).
 pub const CLOSE_RECONNECT: u16 = 1012;
 /// How long shutdown waits for open sockets to send their close.
@@ -61,6 +66,19 @@ const MAX_CLIENT_MESSAGE: usize = 128 * 1024;
 pub struct GatewayConfig {
     pub redis_url: String,
     pub jwt_secret: JwtSecret,
+    /// WebSocket connections one user may hold on this gateway; the next upgrade gets 429.
+    pub max_connections_per_user: usize,
+}
+
+impl GatewayConfig {
+    /// Defaults for everything but where Redis is and the secret.
+    pub fn new(redis_url: impl Into<String>, jwt_secret: JwtSecret) -> GatewayConfig {
+        GatewayConfig {
+            redis_url: redis_url.into(),
+            jwt_secret,
+            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -71,6 +89,7 @@ struct GatewayState {
     shutdown: CancellationToken,
     /// The open sockets, which outlive the HTTP server: shutdown waits for them to close.
     sockets: TaskTracker,
+    slots: Arc<Slots>,
 }
 
 impl FromRef<GatewayState> for JwtKeys {
@@ -98,6 +117,7 @@ pub async fn run(
         store: store.clone(),
         shutdown: stop.clone(),
         sockets: sockets.clone(),
+        slots: Slots::new(config.max_connections_per_user),
     };
     let app = Router::new()
         .route("/ws", get(upgrade))
@@ -169,18 +189,33 @@ async fn metrics(State(state): State<GatewayState>) -> Response {
         .into_response()
 }
 
-/// Refuses a missing or bad token with 401 before upgrading (the `Caller` extractor does).
+/// Refuses a missing or bad token with 401 before upgrading (the `Caller` extractor does),
+/// and a user who holds the most connections allowed with 429.
 async fn upgrade(
     State(state): State<GatewayState>,
     caller: Caller,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let Some(slot) = state.slots.take(&caller.user) else {
+        state.hub.metrics.connections_refused.inc();
+        tracing::debug!(user = %caller.user, "connection refused: too many for this user");
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!(
+                "you hold {} connections to this gateway already, the most allowed; close one first",
+                state.slots.limit()
+            ),
+        );
+        error.retry_after = Some(RETRY_CONNECT_SECS);
+        return error.into_response();
+    };
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();
-            sockets.track_future(serve_socket(state, caller, socket))
+            sockets.track_future(serve_socket(state, caller, socket, slot))
         })
 }
 
@@ -407,7 +442,9 @@ enum Closing {
     With(u16, &'static str),
 }
 
-async fn serve_socket(state: GatewayState, caller: Caller, socket: WebSocket) {
+/// One client's socket, for as long as it is open; `_slot` is its place among its user's
+/// connections, given back when this ends.
+async fn serve_socket(state: GatewayState, caller: Caller, socket: WebSocket, _slot: Slot) {
     let outbox = Arc::new(Outbox::default());
     let id = state.hub.register(caller.user.clone(), outbox.clone());
     tracing::debug!(user = %caller.user, conn = id, "client connected");

@@ -56,6 +56,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         worker_concurrency: 2,
         archive_ttl: Duration::from_secs(3600),
         max_active_per_user: 2,
+        max_connections_per_user: cellport_gateway::DEFAULT_MAX_CONNECTIONS_PER_USER,
     })
     .await?;
     eprintln!(

@@ -120,6 +120,14 @@ struct ServeArgs {
         default_value_t = 2
     )]
     max_active_exports_per_user: u64,
+    /// WebSocket connections one user may hold on the gateway; the next upgrade is refused with 429.
+    #[arg(
+        long,
+        env = "CELLPORT_MAX_CONNECTIONS_PER_USER",
+        default_value_t = cellport_gateway::DEFAULT_MAX_CONNECTIONS_PER_USER as u32,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_connections_per_user: u32,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +283,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         worker_concurrency: args.worker_concurrency,
         archive_ttl: args.archive_ttl,
         max_active_per_user: args.max_active_exports_per_user,
+        max_connections_per_user: args.max_connections_per_user as usize,
     })
     .await?;
     eprintln!(

@@ -28,6 +28,7 @@ pub struct StackConfig {
     pub worker_concurrency: usize,
     pub archive_ttl: Duration,
     pub max_active_per_user: u64,
+    pub max_connections_per_user: usize,
 }
 
 pub struct LocalStack {
@@ -95,8 +96,8 @@ impl LocalStack {
             shutdown.clone().cancelled_owned(),
         )));
         let gateway_config = GatewayConfig {
-            redis_url: redis_url.clone(),
-            jwt_secret: config.jwt_secret.clone(),
+            max_connections_per_user: config.max_connections_per_user,
+            ..GatewayConfig::new(redis_url.clone(), config.jwt_secret.clone())
         };
         tasks.push(tokio::spawn(cellport_gateway::run(
             gateway_listener,
