@@ -13,25 +13,30 @@ use crate::{ApiConfig, run};
 pub struct Args {
     #[command(flatten)]
     redis: RedisArgs,
+    /// Directory of projects and archives, shared with the workers
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    /// HS256 secret that tokens are verified with, at least 32 bytes, shared with the gateways
     #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: JwtSecret,
+    /// Address the HTTP API listens on
     #[arg(long, env = "CELLPORT_API_ADDR", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// The WebSocket URL clients are told to follow events on.
+    /// WebSocket URL that clients are told to follow events on (a gateway's /ws)
     #[arg(
         long,
         env = "CELLPORT_EVENTS_URL",
         default_value = "ws://127.0.0.1:8081/ws"
     )]
     events_url: String,
+    /// Exports one user may have pending or processing at once; the next is refused with 429
     #[arg(
         long,
         env = "CELLPORT_MAX_ACTIVE_EXPORTS_PER_USER",
         default_value_t = 2
     )]
     max_active_exports_per_user: u64,
+    /// How logs are written to stderr: text for people, json for log shippers (RUST_LOG filters)
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
 }

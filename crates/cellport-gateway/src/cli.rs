@@ -16,11 +16,13 @@ use crate::{DEFAULT_MAX_CONNECTIONS_PER_USER, GatewayConfig, run};
 pub struct Args {
     #[command(flatten)]
     redis: RedisArgs,
+    /// HS256 secret that tokens are verified with, at least 32 bytes: the api's
     #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: JwtSecret,
+    /// Address the gateway listens on (/ws, /healthz, /metrics)
     #[arg(long, env = "CELLPORT_GATEWAY_ADDR", default_value = "127.0.0.1:8081")]
     addr: SocketAddr,
-    /// WebSocket connections one user may hold on this gateway; the next upgrade is refused with 429.
+    /// WebSocket connections one user may hold on this gateway; the next upgrade is refused with 429
     #[arg(
         long,
         env = "CELLPORT_MAX_CONNECTIONS_PER_USER",
@@ -28,6 +30,7 @@ pub struct Args {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     max_connections_per_user: u32,
+    /// How logs are written to stderr: text for people, json for log shippers (RUST_LOG filters)
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
 }

@@ -18,20 +18,20 @@ use crate::generated_secret;
 use crate::stack::{LocalStack, StackConfig};
 
 #[derive(Debug, Args)]
+#[command(mut_arg("redis_url", |arg| arg.help(crate::stack::REDIS_URL_HELP)))]
 pub struct DemoArgs {
-    // Used when it answers; otherwise a private redis-server is started for the demo.
     #[command(flatten)]
     redis: RedisArgs,
-    /// Where the demo's projects and archives go (a temp dir, removed afterwards, when omitted).
+    /// Where the demo's projects and archives go [default: a temp dir, removed afterwards]
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Where the downloaded archive is saved.
+    /// Where the downloaded archive is saved
     #[arg(long, default_value = "cellport-demo.zip")]
     output: PathBuf,
-    /// Synthetic images in the sample project.
+    /// Synthetic images in the sample project
     #[arg(long, default_value_t = 16)]
     images: usize,
-    /// Side of each square synthetic image, in pixels.
+    /// Side of each square synthetic image, in pixels
     #[arg(long, default_value_t = 768)]
     image_size: u32,
 }

@@ -16,6 +16,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The help of `--redis-url` for the commands that run a [`LocalStack`].
+pub const REDIS_URL_HELP: &str =
+    "Redis to use when one answers there; otherwise a private redis-server is started";
+
 pub struct StackConfig {
     pub redis_url: String,
     /// Where a private redis-server keeps its AOF; a temp dir when `None`.
