@@ -582,3 +582,87 @@ async fn a_job_started_after_a_share_reaches_the_new_member() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// An upgrade request as a browser sends it, through plain HTTP, so that a refusal's body is
+/// read whole.
+async fn upgrade_request(stack: &Stack, user: &str) -> anyhow::Result<reqwest::Response> {
+    Ok(stack
+        .http
+        .get(format!(
+            "http://{}/ws?token={}",
+            stack.gateway,
+            stack.token(user)
+        ))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_past_the_connection_limit_is_refused_until_one_closes() -> anyhow::Result<()> {
+    const LIMIT: usize = 3;
+    let stack = Stack::start(StackOptions {
+        max_connections_per_user: LIMIT,
+        ..pending_only()
+    })
+    .await?;
+    let mut open = Vec::new();
+    for _ in 0..LIMIT {
+        open.push(stack.ws("alice").await?);
+    }
+
+    // Refused before the upgrade, with the API's error body.
+    let refused = upgrade_request(&stack, "alice").await?;
+    assert_eq!(refused.status(), 429);
+    assert!(
+        refused.headers().contains_key("retry-after"),
+        "{:?}",
+        refused.headers()
+    );
+    let body: Value = refused.json().await?;
+    assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains('3')),
+        "{body}"
+    );
+    match stack.ws("alice").await {
+        Err(e) => match e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            Some(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 429)
+            }
+            _ => panic!("a WebSocket client is refused with 429, not {e:#}"),
+        },
+        Ok(_) => panic!("a fourth connection of alice's was let in"),
+    }
+    let mut bob = stack.ws("bob").await?;
+    bob.send(json!({"action": "ping"})).await?;
+    assert_eq!(
+        bob.next_event(EXPECTED).await,
+        Some(json!({"event": "pong"})),
+        "another user is not limited by alice's connections"
+    );
+
+    // A closed connection frees its slot (once the gateway has seen it close).
+    open.pop().expect("three open").close().await?;
+    let reopened = std::sync::Mutex::new(None);
+    let (stack_ref, reopened_ref) = (&stack, &reopened);
+    let let_in = cellport_testkit::wait_until(EXPECTED, move || async move {
+        match stack_ref.ws("alice").await {
+            Ok(client) => {
+                *reopened_ref.lock().unwrap() = Some(client);
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(let_in, "a freed slot lets the next connection in");
+    let refused = upgrade_request(&stack, "alice").await?;
+    assert_eq!(refused.status(), 429, "and only that one");
+    Ok(())
+}

@@ -12,7 +12,7 @@ use cellport_gateway::GatewayConfig;
 use cellport_pipeline::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
-use cellport_testkit::{RedisOptions, RedisServer, local_listener, wait_until};
+use cellport_testkit::{RedisOptions, RedisServer, jwt_secret, local_listener, wait_until};
 use cellport_worker::WorkerConfig;
 use futures::StreamExt;
 use serde_json::Value;
@@ -20,8 +20,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{Entry, read_zip};
-
-pub const SECRET: &str = "test-secret";
 
 /// One job's events: `seq` strictly increases and `export:progress` never goes down.
 pub fn assert_seq_and_progress_ordered(events: &[Value]) {
@@ -63,6 +61,8 @@ pub struct StackOptions {
     pub aof: bool,
     /// How long archives of the in-process worker are kept.
     pub archive_ttl: Duration,
+    /// WebSocket connections per user on each gateway of the stack.
+    pub max_connections_per_user: usize,
 }
 
 impl Default for StackOptions {
@@ -72,6 +72,7 @@ impl Default for StackOptions {
             max_active_per_user: 2,
             aof: false,
             archive_ttl: Duration::from_secs(3600),
+            max_connections_per_user: cellport_gateway::DEFAULT_MAX_CONNECTIONS_PER_USER,
         }
     }
 }
@@ -84,6 +85,7 @@ pub struct Stack {
     pub http: reqwest::Client,
     keys: JwtKeys,
     shutdown: CancellationToken,
+    max_connections_per_user: usize,
 }
 
 impl Drop for Stack {
@@ -109,7 +111,7 @@ impl Stack {
         let api_config = ApiConfig {
             redis_url: redis.url(),
             data_dir: data.path().to_owned(),
-            jwt_secret: SECRET.to_owned(),
+            jwt_secret: jwt_secret(),
             events_url: format!("ws://{gateway}/ws"),
             max_active_per_user: options.max_active_per_user,
         };
@@ -118,8 +120,8 @@ impl Stack {
             cellport_api::run(api_listener, api_config, stop.cancelled_owned()).await
         });
         let gateway_config = GatewayConfig {
-            redis_url: redis.url(),
-            jwt_secret: SECRET.to_owned(),
+            max_connections_per_user: options.max_connections_per_user,
+            ..GatewayConfig::new(redis.url(), jwt_secret())
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -147,8 +149,9 @@ impl Stack {
             api,
             gateway,
             http: reqwest::Client::new(),
-            keys: JwtKeys::new(SECRET)?,
+            keys: JwtKeys::new(&jwt_secret()),
             shutdown,
+            max_connections_per_user: options.max_connections_per_user,
         };
         let http = stack.http.clone();
         let ready_url = stack.url("/readyz");
@@ -384,8 +387,8 @@ impl Stack {
         let listener = local_listener().await?;
         let addr = listener.local_addr()?;
         let config = GatewayConfig {
-            redis_url: self.redis.url(),
-            jwt_secret: SECRET.to_owned(),
+            max_connections_per_user: self.max_connections_per_user,
+            ..GatewayConfig::new(self.redis.url(), jwt_secret())
         };
         let stop = self.shutdown.child_token();
         let token = stop.clone();
@@ -427,6 +430,13 @@ impl WsClient {
                 self.early.push_back(frame);
             }
         }
+    }
+
+    /// Closes the connection as a browser tab does (a close frame) and waits for the answer.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.stream.close(None).await?;
+        while let Some(Ok(_)) = self.stream.next().await {}
+        Ok(())
     }
 
     pub async fn send(&mut self, value: Value) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use cellport_core::{JobId, UserId};
+use cellport_runtime::JwtSecret;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -51,14 +52,15 @@ pub enum AuthError {
 }
 
 impl JwtKeys {
-    pub fn new(secret: &str) -> anyhow::Result<JwtKeys> {
-        anyhow::ensure!(!secret.is_empty(), "the JWT secret must not be empty");
-        Ok(JwtKeys {
+    pub fn new(secret: &JwtSecret) -> JwtKeys {
+        let secret = secret.expose().as_bytes();
+        // jsonwebtoken refuses only an empty secret, and a `JwtSecret` has 32 bytes or more.
+        JwtKeys {
             inner: Arc::new((
-                EncodingKey::from_secret(secret.as_bytes())?,
-                DecodingKey::from_secret(secret.as_bytes())?,
+                EncodingKey::from_secret(secret).expect("a JwtSecret is never empty"),
+                DecodingKey::from_secret(secret).expect("a JwtSecret is never empty"),
             )),
-        })
+        }
     }
 
     /// Mints a token for `user`, valid for `ttl`.
@@ -202,9 +204,13 @@ where
 mod tests {
     use super::*;
 
+    fn keys_of(secret: &str) -> JwtKeys {
+        JwtKeys::new(&JwtSecret::new(secret).unwrap())
+    }
+
     #[test]
     fn mint_then_verify_and_reject_tampering() {
-        let keys = JwtKeys::new("secret").unwrap();
+        let keys = keys_of("a-secret-of-at-least-thirty-two-bytes");
         let alice: UserId = "alice".parse().unwrap();
         let token = keys.mint(&alice, true, Duration::from_secs(60));
         assert_eq!(
@@ -215,7 +221,7 @@ mod tests {
                 scope: None,
             }
         );
-        let other = JwtKeys::new("other").unwrap();
+        let other = keys_of("another-secret-of-thirty-two-bytes");
         assert!(matches!(other.verify(&token), Err(AuthError::Invalid(_))));
         assert!(matches!(keys.verify("garbage"), Err(AuthError::Invalid(_))));
 
@@ -228,7 +234,7 @@ mod tests {
 
     #[test]
     fn expired_tokens_are_refused() {
-        let keys = JwtKeys::new("secret").unwrap();
+        let keys = keys_of("a-secret-of-at-least-thirty-two-bytes");
         let claims = Claims {
             sub: "bob".into(),
             exp: 1_000,

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 use tokio_util::io::ReaderStream;
+use tokio_util::task::TaskTracker;
 
 use crate::error::ApiError;
 
@@ -144,9 +145,14 @@ fn metered(
 
 /// Turns the offsets a download reaches into throttled `export:progress` events (80→100),
 /// until the body is dropped (sent or abandoned); the last position is always recorded.
-pub(crate) fn report_progress(store: Store, job_id: JobId, len: u64) -> watch::Sender<u64> {
+pub(crate) fn report_progress(
+    background: &TaskTracker,
+    store: Store,
+    job_id: JobId,
+    len: u64,
+) -> watch::Sender<u64> {
     let (tx, mut rx) = watch::channel(0u64);
-    tokio::spawn(async move {
+    background.spawn(async move {
         loop {
             let ended = rx.changed().await.is_err();
             let offset = *rx.borrow_and_update();

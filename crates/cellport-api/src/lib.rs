@@ -2,6 +2,7 @@
 //! and streams downloads; job state lives in Redis, archives in storage.
 
 pub mod auth;
+pub mod cli;
 mod download;
 pub mod error;
 mod http_metrics;
@@ -17,8 +18,11 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::{Router, middleware};
 use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
+use cellport_runtime::JwtSecret;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -34,7 +38,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub struct ApiConfig {
     pub redis_url: String,
     pub data_dir: PathBuf,
-    pub jwt_secret: String,
+    pub jwt_secret: JwtSecret,
     /// Where clients open the event WebSocket, returned as `eventsUrl`.
     pub events_url: String,
     /// Exports one user may have pending or processing at once (429 past it).
@@ -55,6 +59,12 @@ pub struct AppState {
     pub waits: Arc<JobWaits>,
     /// Requests this instance answered, for `/metrics`.
     pub http_metrics: HttpMetrics,
+    /// Work a request leaves running after its answer (a download's last progress commit),
+    /// waited for by [`AppState::close`].
+    pub background: TaskTracker,
+    /// The subscription behind `waits`, closed by [`AppState::close`].
+    changes: Arc<EventSubscriber>,
+    stop_listening: CancellationToken,
 }
 
 impl FromRef<AppState> for JwtKeys {
@@ -69,21 +79,50 @@ impl AppState {
         let store = Store::connect(&config.redis_url).await?;
         store.migrate().await?;
         let waits = Arc::new(JobWaits::default());
-        let subscriber = EventSubscriber::changes(&config.redis_url).await?;
-        tokio::spawn(waits.clone().listen(subscriber));
+        let changes = Arc::new(EventSubscriber::changes(&config.redis_url).await?);
+        let stop_listening = CancellationToken::new();
+        tokio::spawn(
+            waits
+                .clone()
+                .listen(changes.clone(), stop_listening.clone()),
+        );
         Ok(AppState {
             waits,
+            changes,
+            stop_listening,
             queue: JobQueue::producer(store.clone()),
             store,
             source: Arc::new(FileProjectStore::new(&config.data_dir)),
             storage: Storage::new(&config.data_dir),
-            jwt: JwtKeys::new(&config.jwt_secret)?,
+            jwt: JwtKeys::new(&config.jwt_secret),
             events_url: config.events_url.clone(),
             max_active_per_user: config.max_active_per_user,
             http_metrics: HttpMetrics::default(),
+            background: TaskTracker::new(),
         })
     }
+
+    /// Closes the Redis connections, once no request needs them: a connection left open sees
+    /// its Redis go away (a single-host stack stops Redis next) and logs it as an error.
+    pub async fn close(&self) {
+        self.background.close();
+        if tokio::time::timeout(BACKGROUND_DRAIN, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.background.len(),
+                "background work still running at shutdown"
+            );
+        }
+        self.stop_listening.cancel();
+        self.changes.quit().await;
+        self.store.quit().await;
+    }
 }
+
+/// How long shutdown waits for the work requests left running.
+const BACKGROUND_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Every route of the API with its OpenAPI operation: the one source of both [`router`]
 /// and [`openapi::document`]. Add routes here, through `routes!`, and nowhere else.
@@ -124,8 +163,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = AppState::connect(&config).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    axum::serve(listener, router(state))
+    let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+        .await;
+    state.close().await;
+    Ok(served?)
 }

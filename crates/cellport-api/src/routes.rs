@@ -553,7 +553,7 @@ pub(crate) async fn download(
     let etag = format!("\"{}-{}\"", job.id, len);
     let selection = download::select(&headers, &etag, len);
     let progress = download::continues_download(&job, &selection, len)
-        .then(|| download::report_progress(state.store.clone(), job.id, len));
+        .then(|| download::report_progress(&state.background, state.store.clone(), job.id, len));
     let archive = download::Archive {
         file,
         len,

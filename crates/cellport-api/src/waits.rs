@@ -10,6 +10,7 @@ use cellport_store::EventSubscriber;
 use cellport_store::events::decode_job_id;
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 pub struct JobWaits {
@@ -80,12 +81,17 @@ impl JobWaits {
         self.len() == 0
     }
 
-    /// Wakes the waiters of every changed job until the subscriber closes.
-    pub async fn listen(self: Arc<Self>, subscriber: EventSubscriber) {
+    /// Wakes the waiters of every changed job until `stop` (or the subscriber closes).
+    pub async fn listen(
+        self: Arc<Self>,
+        subscriber: Arc<EventSubscriber>,
+        stop: CancellationToken,
+    ) {
         let mut messages = subscriber.messages();
         let mut reconnections = subscriber.reconnections();
         loop {
             tokio::select! {
+                _ = stop.cancelled() => break,
                 message = messages.recv() => match message {
                     Ok(message) => match decode_job_id(&message) {
                         Some(job) => self.wake(job),

@@ -434,8 +434,6 @@ fn routes_are_only_added_through_the_documented_table() {
     }
 }
 
-const SECRET: &str = "openapi-test-secret";
-
 /// A router on a private Redis with one project of alice's and one cancelled export of it.
 struct Api {
     router: Router,
@@ -473,7 +471,7 @@ impl Api {
         let config = ApiConfig {
             redis_url: redis.url(),
             data_dir: data.path().to_owned(),
-            jwt_secret: SECRET.into(),
+            jwt_secret: cellport_testkit::jwt_secret(),
             events_url: "ws://127.0.0.1:1/ws".into(),
             max_active_per_user: 10,
         };
@@ -500,7 +498,7 @@ impl Api {
     async fn send(&self, method: Method, path: &str, token: bool) -> (StatusCode, Value) {
         let mut request = Request::builder().method(method).uri(path);
         if token {
-            let keys = JwtKeys::new(SECRET).unwrap();
+            let keys = JwtKeys::new(&cellport_testkit::jwt_secret());
             let token = keys.mint(&"alice".parse().unwrap(), true, Duration::from_secs(600));
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }

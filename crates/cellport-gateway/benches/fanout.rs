@@ -21,8 +21,6 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "bench-secret";
-
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -94,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
     let addr = format!("127.0.0.1:{port}");
     let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_cellport-gateway"))
         .env("CELLPORT_REDIS_URL", redis.url())
-        .env("CELLPORT_JWT_SECRET", SECRET)
+        .env("CELLPORT_JWT_SECRET", cellport_testkit::TEST_JWT_SECRET)
         .env("CELLPORT_GATEWAY_ADDR", &addr)
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
@@ -106,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     anyhow::ensure!(up, "gateway did not start");
     let store = Store::connect(&redis.url()).await?;
-    let keys = JwtKeys::new(SECRET)?;
+    let keys = JwtKeys::new(&cellport_testkit::jwt_secret());
     let origin = Instant::now();
 
     let users: Vec<UserId> = (0..clients)

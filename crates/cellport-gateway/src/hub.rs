@@ -209,6 +209,69 @@ impl Hub {
     }
 }
 
+/// Each user's connections to this gateway, counted from before the upgrade to the end of the
+/// socket, so that no user holds more than `limit` (SPEC §5). Counted apart from the hub's
+/// registrations: a too-slow socket leaves the hub at once but holds its slot until it closes.
+pub struct Slots {
+    limit: usize,
+    held: Mutex<HashMap<UserId, usize>>,
+}
+
+/// One connection's place among its user's; given back when dropped.
+pub struct Slot {
+    slots: Arc<Slots>,
+    user: UserId,
+}
+
+impl Slots {
+    pub fn new(limit: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            limit,
+            held: Mutex::default(),
+        })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A slot for one more connection of `user`, or `None` when they hold `limit` already.
+    pub fn take(self: &Arc<Self>, user: &UserId) -> Option<Slot> {
+        let mut held = self.held.lock().expect("slots lock");
+        let n = held.entry(user.clone()).or_default();
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            slots: self.clone(),
+            user: user.clone(),
+        })
+    }
+
+    /// Connections `user` holds.
+    pub fn held(&self, user: &UserId) -> usize {
+        self.held
+            .lock()
+            .expect("slots lock")
+            .get(user)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().expect("slots lock");
+        if let Some(n) = held.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.user);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +325,21 @@ mod tests {
         assert_eq!(outbox.push(frame(job, 9, false)), Pushed::Queued);
         assert_eq!(outbox.push(frame(job, 10, false)), Pushed::Coalesced);
         assert_eq!(drain(&outbox), vec![(job, 8), (job, 10)]);
+    }
+
+    #[test]
+    fn a_user_holds_at_most_the_limit_and_a_dropped_slot_frees_one() {
+        let slots = Slots::new(2);
+        let (alice, bob): (UserId, UserId) = ("alice".parse().unwrap(), "bob".parse().unwrap());
+        let first = slots.take(&alice).expect("first");
+        let _second = slots.take(&alice).expect("second");
+        assert!(slots.take(&alice).is_none());
+        let bobs = slots.take(&bob).expect("another user is not affected");
+        drop(first);
+        let _third = slots.take(&alice).expect("a freed slot is taken again");
+        assert!(slots.take(&alice).is_none());
+        drop(bobs);
+        assert_eq!((slots.held(&alice), slots.held(&bob)), (2, 0));
     }
 
     #[test]

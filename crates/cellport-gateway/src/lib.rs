@@ -5,6 +5,7 @@
 //! client's `resume` and after Redis reconnects, a connection re-reads its jobs' latest
 //! events from Redis, so no instance needs to be sticky and no restart leaves a stale bar.
 
+pub mod cli;
 mod hub;
 mod metrics;
 
@@ -16,11 +17,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRef, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use cellport_api::error::ApiError;
 use cellport_api::{Caller, JwtKeys};
 use cellport_core::{JobId, JobRecord, JobStatus, Phase, UserId};
+use cellport_runtime::JwtSecret;
 use cellport_store::events::decode_message;
 use cellport_store::{EventSubscriber, Store};
 use futures::{SinkExt, StreamExt};
@@ -28,8 +31,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-pub use hub::{Hub, OUTBOX_CAPACITY, Outbox};
+pub use hub::{Hub, OUTBOX_CAPACITY, Outbox, Slot, Slots};
 pub use metrics::GatewayMetrics;
 
 /// How often the server pings an idle client.
@@ -40,8 +44,14 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 const SILENCE_CHECK: Duration = Duration::from_secs(5);
 /// Close code for a client that cannot keep up.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Connections one user may hold on one gateway when not configured (SPEC §5).
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 20;
+/// What a refused upgrade suggests waiting before trying again.
+const RETRY_CONNECT_SECS: u64 = 5;
 /// Close code sent on shutdown: reconnect (to another instance).
 pub const CLOSE_RECONNECT: u16 = 1012;
+/// How long shutdown waits for open sockets to send their close.
+const SOCKETS_CLOSE: Duration = Duration::from_secs(5);
 /// Jobs one `resume` may name.
 const MAX_RESUME_JOBS: usize = 1000;
 /// Recent jobs looked at when a client connects.
@@ -55,7 +65,20 @@ const MAX_CLIENT_MESSAGE: usize = 128 * 1024;
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub redis_url: String,
-    pub jwt_secret: String,
+    pub jwt_secret: JwtSecret,
+    /// WebSocket connections one user may hold on this gateway; the next upgrade gets 429.
+    pub max_connections_per_user: usize,
+}
+
+impl GatewayConfig {
+    /// Defaults for everything but where Redis is and the secret.
+    pub fn new(redis_url: impl Into<String>, jwt_secret: JwtSecret) -> GatewayConfig {
+        GatewayConfig {
+            redis_url: redis_url.into(),
+            jwt_secret,
+            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -64,6 +87,9 @@ struct GatewayState {
     jwt: JwtKeys,
     store: Store,
     shutdown: CancellationToken,
+    /// The open sockets, which outlive the HTTP server: shutdown waits for them to close.
+    sockets: TaskTracker,
+    slots: Arc<Slots>,
 }
 
 impl FromRef<GatewayState> for JwtKeys {
@@ -78,17 +104,20 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let jwt = JwtKeys::new(&config.jwt_secret)?;
+    let jwt = JwtKeys::new(&config.jwt_secret);
     let store = Store::connect(&config.redis_url).await?;
     let subscriber = EventSubscriber::connect(&config.redis_url).await?;
     let hub = Arc::new(Hub::default());
     let stop = CancellationToken::new();
     let fan_out = tokio::spawn(fan_out(subscriber, hub.clone(), stop.clone()));
+    let sockets = TaskTracker::new();
     let state = GatewayState {
         hub,
         jwt,
-        store,
+        store: store.clone(),
         shutdown: stop.clone(),
+        sockets: sockets.clone(),
+        slots: Slots::new(config.max_connections_per_user),
     };
     let app = Router::new()
         .route("/ws", get(upgrade))
@@ -106,6 +135,16 @@ pub async fn run(
         .await?;
     stop.cancel();
     let _ = fan_out.await;
+    // Every socket sends its "reconnect" close and ends; only then is Redis let go, so that
+    // no connection is left open to see its Redis go away (a single-host stack stops it next).
+    sockets.close();
+    if tokio::time::timeout(SOCKETS_CLOSE, sockets.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!(open = sockets.len(), "sockets still closing at shutdown");
+    }
+    store.quit().await;
     Ok(())
 }
 
@@ -166,16 +205,34 @@ async fn metrics(State(state): State<GatewayState>) -> Response {
         .into_response()
 }
 
-/// Refuses a missing or bad token with 401 before upgrading (the `Caller` extractor does).
+/// Refuses a missing or bad token with 401 before upgrading (the `Caller` extractor does),
+/// and a user who holds the most connections allowed with 429.
 async fn upgrade(
     State(state): State<GatewayState>,
     caller: Caller,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let Some(slot) = state.slots.take(&caller.user) else {
+        state.hub.metrics.connections_refused.inc();
+        tracing::debug!(user = %caller.user, "connection refused: too many for this user");
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!(
+                "you hold {} connections to this gateway already, the most allowed; close one first",
+                state.slots.limit()
+            ),
+        );
+        error.retry_after = Some(RETRY_CONNECT_SECS);
+        return error.into_response();
+    };
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve_socket(state, caller, socket))
+        .on_upgrade(move |socket| {
+            let sockets = state.sockets.clone();
+            sockets.track_future(serve_socket(state, caller, socket, slot))
+        })
 }
 
 fn frame(value: Value) -> Message {
@@ -401,7 +458,9 @@ enum Closing {
     With(u16, &'static str),
 }
 
-async fn serve_socket(state: GatewayState, caller: Caller, socket: WebSocket) {
+/// One client's socket, for as long as it is open; `_slot` is its place among its user's
+/// connections, given back when this ends.
+async fn serve_socket(state: GatewayState, caller: Caller, socket: WebSocket, _slot: Slot) {
     let outbox = Arc::new(Outbox::default());
     let id = state.hub.register(caller.user.clone(), outbox.clone());
     tracing::debug!(user = %caller.user, conn = id, "client connected");

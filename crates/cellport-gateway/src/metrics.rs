@@ -7,6 +7,7 @@ use prometheus_client::registry::Registry;
 #[derive(Debug, Default, Clone)]
 pub struct GatewayMetrics {
     pub connections: Gauge,
+    pub connections_refused: Counter,
     pub frames_sent: Counter,
     pub frames_coalesced: Counter,
     pub slow_closes: Counter,
@@ -21,6 +22,11 @@ impl GatewayMetrics {
             "connections",
             "Open WebSocket connections",
             self.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "WebSocket upgrades refused with 429: the user held the most connections allowed",
+            self.connections_refused.clone(),
         );
         registry.register(
             "frames_sent",

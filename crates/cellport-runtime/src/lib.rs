@@ -1,13 +1,17 @@
 //! Process glue shared by Cellport's binaries: tracing setup, the shutdown signal, durations,
-//! and a private redis-server child for the embedded single-host setup.
+//! secrets that never print, and a private redis-server child for the embedded single-host setup.
 
 pub mod redis;
+pub mod secret;
+
+pub use secret::{JwtSecret, Secret};
 
 use std::time::Duration;
 
 /// Where Redis is: the one flag every binary takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisArgs {
+    /// Redis that holds the jobs, the queue and the events (a redis:// URL)
     #[arg(
         long,
         env = "CELLPORT_REDIS_URL",
@@ -19,6 +23,8 @@ pub struct RedisArgs {
 /// How logs are written: `text` for people, `json` for log shippers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
+    // No help per value: the flag's help says what they are, and per-value help would turn every
+    // `--help` into the long layout.
     #[default]
     Text,
     Json,

@@ -185,8 +185,9 @@ impl RedisServer {
         }
     }
 
-    /// Stops the server as a deploy would (SIGTERM: it flushes its AOF) and starts it again.
-    pub async fn graceful_restart(&mut self) -> anyhow::Result<()> {
+    /// Stops the server as a deploy would (SIGTERM: it flushes its AOF) and waits for it to
+    /// exit. Dropping it instead kills it, losing up to a second of AOF writes.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
                 std::process::Command::new("kill")
@@ -198,6 +199,12 @@ impl RedisServer {
                 .await
                 .context("redis-server did not stop within 10 s")??;
         }
+        Ok(())
+    }
+
+    /// Stops the server as a deploy would (SIGTERM: it flushes its AOF) and starts it again.
+    pub async fn graceful_restart(&mut self) -> anyhow::Result<()> {
+        self.shutdown().await?;
         self.respawn().await
     }
 }

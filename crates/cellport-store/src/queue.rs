@@ -453,6 +453,13 @@ impl<Args> JobQueue<Args> {
         Ok(Self::with(store, Some(blocking), config))
     }
 
+    /// Closes this handle's blocking connection (the store's own is closed through the store).
+    pub async fn quit(&self) {
+        if let Some(blocking) = &self.persist.blocking {
+            let _ = blocking.quit().await;
+        }
+    }
+
     fn with(store: Store, blocking: Option<Client>, config: QueueConfig) -> JobQueue<Args> {
         JobQueue {
             persist: Persisted::new(StreamPersistence {

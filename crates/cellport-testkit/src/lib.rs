@@ -1,4 +1,4 @@
-//! Test support: a private `redis-server` per test, `wait_until`, loopback listeners.
+//! Test support: a private `redis-server` per test, `wait_until`, loopback listeners, a JWT secret.
 //!
 //! Every test gets its own Redis on a free port in a temp dir (never the shared one on 6379),
 //! optionally with AOF for persistence tests, and can kill or restart it for real.
@@ -6,7 +6,16 @@
 use std::future::Future;
 use std::time::Duration;
 
+pub use cellport_runtime::JwtSecret;
 pub use cellport_runtime::redis::{RedisOptions, RedisServer};
+
+/// The signing secret of services under test (as long as the services require).
+pub const TEST_JWT_SECRET: &str = "cellport-test-signing-secret-0123456789";
+
+/// [`TEST_JWT_SECRET`] as the services take it.
+pub fn jwt_secret() -> JwtSecret {
+    JwtSecret::new(TEST_JWT_SECRET).expect("the test secret is long enough")
+}
 
 /// Polls `predicate` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut predicate: F) -> bool

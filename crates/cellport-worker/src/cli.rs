@@ -9,33 +9,37 @@ use clap::Parser;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Cellport export worker")]
-struct Args {
+pub struct Args {
     #[command(flatten)]
     redis: RedisArgs,
+    /// Directory of projects and archives, shared with the api
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    /// Export jobs this worker runs at once
     #[arg(long, env = "CELLPORT_WORKER_CONCURRENCY", default_value_t = 2)]
     concurrency: usize,
-    /// Items of one job processed at once (default: the number of CPUs).
+    /// Items of one job processed at once [default: the number of CPUs]
     #[arg(long, env = "CELLPORT_ITEM_PARALLELISM")]
     item_parallelism: Option<usize>,
+    /// How long an archive is kept; then it is deleted and its export shows as expired
     #[arg(long, env = "CELLPORT_ARCHIVE_TTL", default_value = "24h", value_parser = parse_duration)]
     archive_ttl: Duration,
-    /// Worker name; must be unique in the fleet (default: host, pid and a random suffix).
+    /// Worker name, unique in the fleet [default: host, pid and a random suffix]
     #[arg(long, env = "CELLPORT_WORKER_NAME")]
     name: Option<String>,
-    /// How long a job's lease lasts without renewal.
+    /// How long a job's lease lasts without renewal
     #[arg(long, env = "CELLPORT_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     lease_ttl: Duration,
-    /// How long a dead worker's job waits before another worker takes it over.
+    /// How long a dead worker's job waits before another worker takes it over
     #[arg(long, env = "CELLPORT_RECLAIM_AFTER", default_value = "15s", value_parser = parse_duration)]
     reclaim_after: Duration,
-    /// How often expired archives and stranded pending jobs are looked for.
+    /// How often expired archives and stranded pending jobs are looked for
     #[arg(long, env = "CELLPORT_SWEEP_EVERY", default_value = "15s", value_parser = parse_duration)]
     sweep_every: Duration,
-    /// A pending job whose queue entry was never written (its creator died) is queued after this.
+    /// How long a pending job without a queue entry (its creator died) waits before it is queued
     #[arg(long, env = "CELLPORT_REQUEUE_AFTER", default_value = "30s", value_parser = parse_duration)]
     requeue_after: Duration,
+    /// How logs are written to stderr: text for people, json for log shippers (RUST_LOG filters)
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
 }

@@ -176,6 +176,7 @@ pub async fn run(
         .reclaim_after
         .max(config.lease_ttl + Duration::from_secs(1));
     let queue = JobQueue::<ExportRequest>::consumer(store.clone(), queue_config).await?;
+    let (blocking_reads, own_store) = (queue.clone(), store.clone());
     let cancellations = EventSubscriber::cancellations(&config.redis_url).await?;
     let state = Arc::new(WorkerState {
         producer: JobQueue::producer(store.clone()),
@@ -188,14 +189,15 @@ pub async fn run(
         shutdown: stop.clone(),
         running: Mutex::default(),
     });
-    tokio::spawn(listen_for_cancellations(cancellations, state.clone()));
+    let cancellation_listener =
+        tokio::spawn(listen_for_cancellations(cancellations, state.clone()));
     let housekeeping = retention::Housekeeping {
         storage: state.storage.clone(),
         producer: state.producer.clone(),
         requeue_after: config.requeue_after,
         leftovers_every: config.leftovers_every,
     };
-    tokio::spawn(retention::sweep_forever(
+    let sweeper = tokio::spawn(retention::sweep_forever(
         state.store.clone(),
         housekeeping,
         name.clone(),
@@ -214,12 +216,22 @@ pub async fn run(
                 .build(handle)
         })
         .shutdown_timeout(Duration::from_secs(8));
-    monitor
+    let stopping = stop.clone();
+    let ran = monitor
         .run_with_signal(async move {
-            stop.cancelled().await;
+            stopping.cancelled().await;
             Ok(())
         })
-        .await?;
+        .await;
+    // The monitor also ends on its own (a worker that failed): stop the helpers either way.
+    stop.cancel();
+    let _ = cancellation_listener.await;
+    let _ = sweeper.await;
+    // Closed last and on purpose: a connection left open sees its Redis go away (a single-host
+    // stack stops Redis next) and logs it as an error.
+    blocking_reads.quit().await;
+    own_store.quit().await;
+    ran?;
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -9,7 +9,7 @@ use cellport_api::JwtKeys;
 use cellport_pipeline::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
-use cellport_runtime::RedisArgs;
+use cellport_runtime::{JwtSecret, RedisArgs};
 use clap::Args;
 use serde_json::json;
 
@@ -18,20 +18,20 @@ use crate::generated_secret;
 use crate::stack::{LocalStack, StackConfig};
 
 #[derive(Debug, Args)]
+#[command(mut_arg("redis_url", |arg| arg.help(crate::stack::REDIS_URL_HELP)))]
 pub struct DemoArgs {
-    // Used when it answers; otherwise a private redis-server is started for the demo.
     #[command(flatten)]
     redis: RedisArgs,
-    /// Where the demo's projects and archives go (a temp dir, removed afterwards, when omitted).
+    /// Where the demo's projects and archives go [default: a temp dir, removed afterwards]
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Where the downloaded archive is saved.
+    /// Where the downloaded archive is saved
     #[arg(long, default_value = "cellport-demo.zip")]
     output: PathBuf,
-    /// Synthetic images in the sample project.
+    /// Synthetic images in the sample project
     #[arg(long, default_value_t = 16)]
     images: usize,
-    /// Side of each square synthetic image, in pixels.
+    /// Side of each square synthetic image, in pixels
     #[arg(long, default_value_t = 768)]
     image_size: u32,
 }
@@ -56,6 +56,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         worker_concurrency: 2,
         archive_ttl: Duration::from_secs(3600),
         max_active_per_user: 2,
+        max_connections_per_user: cellport_gateway::DEFAULT_MAX_CONNECTIONS_PER_USER,
     })
     .await?;
     eprintln!(
@@ -71,7 +72,7 @@ async fn export_sample(
     stack: &LocalStack,
     args: &DemoArgs,
     data_dir: &std::path::Path,
-    secret: &str,
+    secret: &JwtSecret,
 ) -> anyhow::Result<()> {
     let started_at = Instant::now();
     let samples = data_dir.join("sample-images");
@@ -107,7 +108,7 @@ async fn export_sample(
         started_at.elapsed().as_secs_f64()
     );
 
-    let token = JwtKeys::new(secret)?.mint(&project.owner, false, Duration::from_secs(3600));
+    let token = JwtKeys::new(secret).mint(&project.owner, false, Duration::from_secs(3600));
     let client = ApiClient::new(&format!("http://{}", stack.api), token.clone());
     // Subscribe before starting, so the bar sees every event from the first.
     let mut socket = connect_events(&format!("ws://{}/ws", stack.gateway), &token).await?;

@@ -3,6 +3,8 @@
 mod demo;
 mod follow;
 mod stack;
+#[cfg(test)]
+mod tidy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +16,8 @@ use cellport_core::{ProjectId, UserId};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::{FileProjectStore, ProjectSource};
 use cellport_runtime::{
-    LogFormat, RedisArgs, init_tracing_with_default, parse_duration, shutdown_signal,
+    JwtSecret, LogFormat, RedisArgs, Secret, init_tracing_with_default, parse_duration,
+    shutdown_signal,
 };
 use cellport_store::Store;
 use clap::{Args, Parser, Subcommand};
@@ -28,65 +31,79 @@ use crate::stack::{LocalStack, StackConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How logs are written to stderr: text for people, json for log shippers (RUST_LOG filters)
     #[arg(long, global = true, value_enum, default_value_t)]
     log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Manage projects in the built-in store.
+    /// Manage projects in the built-in store
     #[command(subcommand)]
     Project(ProjectCommand),
-    /// Print a JWT for a user.
+    /// Print a JWT for a user
     Token {
+        /// User the token is for (its sub claim)
         #[arg(long)]
         user: UserId,
+        /// Give the token the admin role (queue stats)
         #[arg(long)]
         admin: bool,
+        /// How long the token is valid (e.g. 30m, 1h, 7d)
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
+        /// HS256 secret to sign with: the services' CELLPORT_JWT_SECRET, at least 32 bytes
         #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: String,
+        jwt_secret: JwtSecret,
     },
-    /// Run the api, a gateway and workers in this process (the single-host setup).
+    /// Run the api, a gateway and workers in this process (the single-host setup)
     Serve(ServeArgs),
-    /// Start everything on this machine, export a sample project with a live progress bar, download it.
+    /// Start everything on this machine, export a sample project with a live progress bar, download it
     Demo(demo::DemoArgs),
-    /// Start an export through the API; follow it and download the archive.
+    /// Start an export through the API; follow it and download the archive
     Export(ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum ProjectCommand {
-    /// Import a directory of images and a COCO file; prints the new project id.
+    /// Import a directory of images and a COCO file; prints the new project id
     Import {
+        /// User who owns the new project
         #[arg(long)]
         owner: UserId,
+        /// Name of the new project
         #[arg(long)]
         name: String,
-        /// Micrometres per pixel.
+        /// Micrometres per pixel, for metrics in µm [default: none, metrics in pixels]
         #[arg(long)]
         scale: Option<f64>,
+        /// Directory of the project's images
         #[arg(long)]
         images: PathBuf,
+        /// COCO file with the images' polygons (category cell_hole marks a hole)
         #[arg(long)]
         coco: PathBuf,
+        /// Directory of the built-in project store
         #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
-    /// List projects, optionally only those a user may see.
+    /// List projects, optionally only those a user may see
     List {
+        /// Only the projects this user owns or is a member of
         #[arg(long)]
         owner: Option<UserId>,
+        /// Directory of the built-in project store
         #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
-    /// Share a project with another user: they may export it, and see and cancel its exports,
-    /// including the ones already made (their events reach them from now on).
+    /// Share a project with a user: they may export it and see and cancel its exports, old and new
     Share {
+        /// Id of the project to share
         project_id: ProjectId,
+        /// User to share it with
         #[arg(long = "with")]
         with: UserId,
+        /// Directory of the built-in project store
         #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
         #[command(flatten)]
@@ -95,62 +112,83 @@ enum ProjectCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("redis_url", |arg| arg.help(stack::REDIS_URL_HELP)))]
 struct ServeArgs {
     #[command(flatten)]
     redis: RedisArgs,
+    /// Directory of projects, archives and (when this starts one) Redis's files
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// Generated (and printed) when not given.
+    /// HS256 secret for tokens, at least 32 bytes [default: generated and printed]
     #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
+    jwt_secret: Option<JwtSecret>,
+    /// Address the HTTP API listens on
     #[arg(long, env = "CELLPORT_API_ADDR", default_value = "127.0.0.1:8080")]
     api_addr: SocketAddr,
+    /// Address the WebSocket gateway listens on
     #[arg(long, env = "CELLPORT_GATEWAY_ADDR", default_value = "127.0.0.1:8081")]
     gateway_addr: SocketAddr,
+    /// Workers to run in this process
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Export jobs each worker runs at once
     #[arg(long, env = "CELLPORT_WORKER_CONCURRENCY", default_value_t = 2)]
     worker_concurrency: usize,
+    /// How long an archive is kept; then it is deleted and its export shows as expired
     #[arg(long, env = "CELLPORT_ARCHIVE_TTL", default_value = "24h", value_parser = parse_duration)]
     archive_ttl: Duration,
+    /// Exports one user may have pending or processing at once; the next is refused with 429
     #[arg(
         long,
         env = "CELLPORT_MAX_ACTIVE_EXPORTS_PER_USER",
         default_value_t = 2
     )]
     max_active_exports_per_user: u64,
+    /// WebSocket connections one user may hold on the gateway; the next upgrade is refused with 429
+    #[arg(
+        long,
+        env = "CELLPORT_MAX_CONNECTIONS_PER_USER",
+        default_value_t = cellport_gateway::DEFAULT_MAX_CONNECTIONS_PER_USER as u32,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_connections_per_user: u32,
 }
 
 #[derive(Debug, Args)]
 struct ExportArgs {
+    /// Id of the project to export (see `project list`)
     #[arg(long)]
     project: String,
-    /// Export options as JSON (SPEC §4); defaults when omitted.
+    /// Export options as JSON (docs/reference.md, Export options); defaults when omitted
     #[arg(long, default_value = "{}")]
     options: String,
-    /// Follow the export's progress until it ends.
+    /// Follow the export's progress until it ends
     #[arg(long)]
     watch: bool,
-    /// Download the archive here when it is ready (implies --watch).
+    /// Download the archive here when it is ready (implies --watch)
     #[arg(long)]
     download: Option<PathBuf>,
+    /// Base URL of the API
     #[arg(
         long,
         env = "CELLPORT_API_URL",
         default_value = "http://127.0.0.1:8080"
     )]
     api_url: String,
+    /// JWT to call the API with (see `cellportctl token`)
     #[arg(long, env = "CELLPORT_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Secret<String>,
 }
 
-/// A fresh random secret for a stack that was given none.
-pub(crate) fn generated_secret() -> String {
-    format!(
+/// A fresh random secret for a stack that was given none: 64 hex digits of two v4 UUIDs,
+/// 244 random bits.
+pub(crate) fn generated_secret() -> JwtSecret {
+    JwtSecret::new(format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
-    )
+    ))
+    .expect("64 hex digits are long enough")
 }
 
 #[tokio::main]
@@ -167,7 +205,7 @@ async fn main() -> anyhow::Result<()> {
             ttl,
             jwt_secret,
         } => {
-            println!("{}", JwtKeys::new(&jwt_secret)?.mint(&user, admin, ttl));
+            println!("{}", JwtKeys::new(&jwt_secret).mint(&user, admin, ttl));
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
@@ -254,7 +292,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(s) => s,
         None => {
             let s = generated_secret();
-            eprintln!("no CELLPORT_JWT_SECRET given; this run uses: {s}");
+            eprintln!(
+                "no CELLPORT_JWT_SECRET given; this run uses: {}",
+                s.expose()
+            );
             s
         }
     };
@@ -269,6 +310,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         worker_concurrency: args.worker_concurrency,
         archive_ttl: args.archive_ttl,
         max_active_per_user: args.max_active_exports_per_user,
+        max_connections_per_user: args.max_connections_per_user as usize,
     })
     .await?;
     eprintln!(
@@ -283,7 +325,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let options: Value =
         serde_json::from_str(&args.options).context("--options is not valid JSON")?;
-    let client = ApiClient::new(&args.api_url, args.token.clone());
+    let token = args.token.expose();
+    let client = ApiClient::new(&args.api_url, token.clone());
     let watch = args.watch || args.download.is_some();
     if !watch {
         let started = client.start_export(&args.project, &options).await?;
@@ -291,7 +334,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let started = client.start_export(&args.project, &options).await?;
-    let mut socket = connect_events_or_long_poll(&started.events_url, &args.token).await;
+    let mut socket = connect_events_or_long_poll(&started.events_url, token).await;
     let bar = progress_bar();
     let (event, data) = follow(socket.as_mut(), &client, &started, &bar).await?;
     if event != "export:completed" {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cellport_api::ApiConfig;
 use cellport_gateway::GatewayConfig;
+use cellport_runtime::JwtSecret;
 use cellport_runtime::redis::{RedisOptions, RedisServer};
 use cellport_store::Store;
 use cellport_worker::{WorkerConfig, default_worker_name};
@@ -15,25 +16,31 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The help of `--redis-url` for the commands that run a [`LocalStack`].
+pub const REDIS_URL_HELP: &str =
+    "Redis to use when one answers there; otherwise a private redis-server is started";
+
 pub struct StackConfig {
     pub redis_url: String,
     /// Where a private redis-server keeps its AOF; a temp dir when `None`.
     pub redis_dir: Option<PathBuf>,
     pub data_dir: PathBuf,
-    pub jwt_secret: String,
+    pub jwt_secret: JwtSecret,
     pub api_addr: SocketAddr,
     pub gateway_addr: SocketAddr,
     pub workers: usize,
     pub worker_concurrency: usize,
     pub archive_ttl: Duration,
     pub max_active_per_user: u64,
+    pub max_connections_per_user: usize,
 }
 
 pub struct LocalStack {
     pub api: SocketAddr,
     pub gateway: SocketAddr,
     pub redis_url: String,
-    _redis: Option<RedisServer>,
+    /// The private redis-server, when this stack started one.
+    redis: Option<RedisServer>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
@@ -93,8 +100,8 @@ impl LocalStack {
             shutdown.clone().cancelled_owned(),
         )));
         let gateway_config = GatewayConfig {
-            redis_url: redis_url.clone(),
-            jwt_secret: config.jwt_secret.clone(),
+            max_connections_per_user: config.max_connections_per_user,
+            ..GatewayConfig::new(redis_url.clone(), config.jwt_secret.clone())
         };
         tasks.push(tokio::spawn(cellport_gateway::run(
             gateway_listener,
@@ -118,7 +125,7 @@ impl LocalStack {
             api,
             gateway,
             redis_url,
-            _redis: redis,
+            redis,
             shutdown,
             tasks,
         };
@@ -147,15 +154,27 @@ impl LocalStack {
         anyhow::bail!("the api did not become ready within 15 s")
     }
 
-    /// Stops every service and waits (at most 10 s) for them to drain.
-    pub async fn stop(self) {
+    /// Stops every service and waits (at most 10 s) for them to drain and close their Redis
+    /// connections, then stops the private redis-server, if any, so that it flushes its AOF.
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        let all = futures::future::join_all(self.tasks);
-        if tokio::time::timeout(Duration::from_secs(10), all)
-            .await
-            .is_err()
+        let all = futures::future::join_all(std::mem::take(&mut self.tasks));
+        match tokio::time::timeout(Duration::from_secs(10), all).await {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => eprintln!("a service stopped with an error: {e:#}"),
+                        Err(e) => eprintln!("a service panicked: {e}"),
+                    }
+                }
+            }
+            Err(_) => eprintln!("services did not stop within 10 s"),
+        }
+        if let Some(mut redis) = self.redis.take()
+            && let Err(e) = redis.shutdown().await
         {
-            eprintln!("services did not stop within 10 s");
+            eprintln!("the private redis-server did not stop cleanly: {e:#}");
         }
     }
 }

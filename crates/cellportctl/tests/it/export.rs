@@ -13,8 +13,6 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "cellportctl-test-secret-of-32-bytes-at-least";
-
 /// A port nothing listens on: bound once to learn a free one, then let go.
 fn closed_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -69,7 +67,7 @@ async fn export_without_a_gateway_follows_by_long_poll_and_downloads() -> anyhow
     let config = ApiConfig {
         redis_url: redis.url(),
         data_dir: data.path().to_owned(),
-        jwt_secret: SECRET.to_owned(),
+        jwt_secret: cellport_testkit::jwt_secret(),
         events_url: events_url.clone(),
         max_active_per_user: 2,
     };
@@ -86,7 +84,11 @@ async fn export_without_a_gateway_follows_by_long_poll_and_downloads() -> anyhow
     .await;
     anyhow::ensure!(ready, "api did not become ready");
 
-    let token = JwtKeys::new(SECRET)?.mint(&project.owner, false, Duration::from_secs(600));
+    let token = JwtKeys::new(&cellport_testkit::jwt_secret()).mint(
+        &project.owner,
+        false,
+        Duration::from_secs(600),
+    );
     let archive = data.path().join("out.zip");
     let mut cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_cellportctl"))
         .arg("export")
