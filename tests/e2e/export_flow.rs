@@ -147,7 +147,7 @@ async fn unreadable_images_and_invalid_polygons_are_warnings_not_failures() -> a
         .push(json!({"image_id": 1, "category_id": 1, "segmentation": [[5, 5, 9, 9]]}));
     std::fs::write(&coco_path, serde_json::to_vec(&coco)?)?;
     let report = cellport_pipeline::import::import_project(
-        &cellport_pipeline::FileProjectStore::new(stack.data.path()),
+        &cellport_io::FileProjectStore::new(stack.data.path()),
         cellport_pipeline::import::ImportRequest {
             owner: "alice".parse()?,
             name: "Damaged".into(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cellport_core::progress::ProgressSnapshot;
 use cellport_core::{CancelReason, JobId, JobRecord, ProjectId, UserId};
-use cellport_pipeline::FileProjectStore;
+use cellport_io::FileProjectStore;
 use cellport_pipeline::synthetic::SyntheticSpec;
 use cellport_store::{Envelope, Store};
 use serde_json::{Value, json};

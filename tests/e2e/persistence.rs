@@ -167,7 +167,7 @@ async fn leftovers_of_stale_attempts_and_ended_jobs_are_removed() -> anyhow::Res
     std::fs::write(&young, b"x")?;
     // A leftover round now, as the sweeper runs it every `leftovers_every`.
     let store = cellport_store::Store::connect(&stack.redis.url()).await?;
-    let storage = cellport_pipeline::Storage::new(data);
+    let storage = cellport_io::Storage::new(data);
     let removed = cellport_worker::retention::remove_leftovers(&store, &storage).await?;
     let left: Vec<_> = planted.iter().filter(|p| p.exists()).collect();
     assert!(left.is_empty(), "still there: {left:?}");

@@ -9,7 +9,7 @@ use anyhow::Context;
 use cellport_api::{ApiConfig, JwtKeys};
 use cellport_core::{Project, UserId};
 use cellport_gateway::GatewayConfig;
-use cellport_pipeline::FileProjectStore;
+use cellport_io::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
 use cellport_testkit::{RedisOptions, RedisServer, jwt_secret, local_listener, wait_until};

@@ -115,8 +115,8 @@ impl From<cellport_store::StoreError> for ApiError {
     }
 }
 
-impl From<cellport_pipeline::SourceError> for ApiError {
-    fn from(e: cellport_pipeline::SourceError) -> ApiError {
+impl From<cellport_io::SourceError> for ApiError {
+    fn from(e: cellport_io::SourceError) -> ApiError {
         ApiError::unavailable(e)
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::{Router, middleware};
-use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
+use cellport_io::{FileProjectStore, ProjectSource, Storage};
 use cellport_runtime::JwtSecret;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
 use tokio::net::TcpListener;

@@ -11,7 +11,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use cellport_api::openapi::openapi_json;
 use cellport_api::{ApiConfig, AppState, JwtKeys, router};
 use cellport_core::{ExportJob, ExportOptions, JobStatus, Phase, TaskProgress, TaskStatus};
-use cellport_pipeline::FileProjectStore;
+use cellport_io::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
 use cellport_testkit::{RedisOptions, RedisServer};

@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 
 use cellport_core::ExportOptions;
 use cellport_core::progress::ProgressSnapshot;
+use cellport_io::{FileProjectStore, ProjectSource, Storage};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::Rng;
-use cellport_pipeline::{
-    ExportContext, ExportInput, FileProjectStore, NoCheckpoints, ProgressSink, ProjectSource,
-    Storage, export_archive,
-};
+use cellport_pipeline::{ExportContext, ExportInput, NoCheckpoints, ProgressSink, export_archive};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::source::{FileProjectStore, SourceError};
+use cellport_io::source::{FileProjectStore, SourceError};
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "tif", "tiff", "bmp"];
 
@@ -329,8 +329,7 @@ pub async fn import_project(
         image_count: images.len() as u64,
         created_at: OffsetDateTime::now_utc(),
     };
-    let dir = store.project_dir(&project_id);
-    FileProjectStore::write_json(&dir.join("images.json"), &images).await?;
+    store.save_images(&project_id, &images).await?;
     // The project file goes last: a project is visible only once its images are complete.
     store.save_project(&project).await?;
     Ok(ImportReport { project, warnings })

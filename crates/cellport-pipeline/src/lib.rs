@@ -1,7 +1,6 @@
-//! From a project to a ZIP archive, with no Redis in sight.
+//! From a project to a ZIP archive, with no Redis in sight. Where projects come from and where
+//! archives go are the seams of `cellport-io`.
 //!
-//! * [`source`]: where projects, images and polygons come from (the built-in file store first).
-//! * [`storage`]: where archives are written; all archive file access goes through it.
 //! * [`export`]: the pipeline itself: plan, stream the archive, report progress, honour cancellation.
 //! * [`names`]: archive entry names, sanitized and unique.
 //! * [`geometry`], [`metrics`], [`formats`], [`visualize`]: what the archive contains, as pure functions.
@@ -15,8 +14,6 @@ pub mod geometry;
 pub mod import;
 pub mod metrics;
 pub mod names;
-pub mod source;
-pub mod storage;
 pub mod synthetic;
 pub mod visualize;
 
@@ -24,5 +21,3 @@ pub use export::{
     Checkpoints, ExportContext, ExportError, ExportInput, ExportPlan, ExportSummary, NoCheckpoints,
     ProgressSink, export_archive, plan_export, plan_tasks, run_export,
 };
-pub use source::{FileProjectStore, ProjectSource, SourceError};
-pub use storage::{Staging, Storage, Stored};

@@ -22,7 +22,7 @@ use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
 use cellport_core::JobId;
-use cellport_pipeline::{FileProjectStore, ProjectSource, Storage};
+use cellport_io::{FileProjectStore, ProjectSource, Storage};
 use cellport_store::events::decode_job_id;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, QueueConfig, Store};
 use tokio_util::sync::CancellationToken;

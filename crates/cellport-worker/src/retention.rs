@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use apalis_core::backend::TaskSink;
 use cellport_core::JobStatus;
-use cellport_pipeline::{Storage, Stored};
+use cellport_io::{Storage, Stored};
 use cellport_store::{ExportRequest, JobQueue, Store};
 use tokio_util::sync::CancellationToken;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cellport_api::JwtKeys;
-use cellport_pipeline::FileProjectStore;
+use cellport_io::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
 use cellport_runtime::{JwtSecret, RedisArgs};

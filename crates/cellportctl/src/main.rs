@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use cellport_api::JwtKeys;
 use cellport_core::{ProjectId, UserId};
+use cellport_io::{FileProjectStore, ProjectSource};
 use cellport_pipeline::import::{ImportRequest, import_project};
-use cellport_pipeline::{FileProjectStore, ProjectSource};
 use cellport_runtime::{
     JwtSecret, LogFormat, RedisArgs, Secret, init_tracing_with_default, parse_duration,
     shutdown_signal,

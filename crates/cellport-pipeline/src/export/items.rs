@@ -16,8 +16,8 @@ use crate::formats::yolo::yolo_label;
 use crate::geometry::prepare_image_with_hole_parents;
 use crate::metrics::{MetricsRow, measure_image};
 use crate::names::ImageEntryName;
-use crate::source::SourceError;
 use crate::visualize::{decode_for_display_from, encode_png, render_visualization_in_place};
+use cellport_io::source::SourceError;
 
 /// What one image item produced, as staged.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

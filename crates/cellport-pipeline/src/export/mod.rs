@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub use plan::{ExportPlan, plan_export, plan_tasks};
 
 use crate::docs;
-use crate::source::{ProjectSource, SourceError};
-use crate::storage::Staging;
+use cellport_io::source::{ProjectSource, SourceError};
+use cellport_io::storage::Staging;
 use items::{open_image, process_item};
 use plan::{Reporter, item_costs, item_key, staged_viz_name};
 use writers::{ArchiveWriter, build_documents};

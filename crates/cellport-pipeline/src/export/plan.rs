@@ -15,7 +15,7 @@ use super::{
     TASK_VISUALIZATIONS,
 };
 use crate::names::{ImageEntryName, StemAllocator};
-use crate::storage::Staging;
+use cellport_io::storage::Staging;
 
 // Costs in rough nanoseconds of work, so the tasks weigh against each other as they take time.
 const COST_PER_PIXEL_RENDERED: u64 = 20;

@@ -22,7 +22,7 @@ use crate::formats::json::{SegmentationJsonWriter, SegmentationMetadata};
 use crate::formats::yolo::yolo_data_yaml;
 use crate::metrics::{MetricsCsvWriter, MetricsJsonWriter, write_metrics_xlsx};
 use crate::names::ImageEntryName;
-use crate::storage::Staging;
+use cellport_io::storage::Staging;
 
 /// The annotation and metrics files, built in staging from the staged items.
 pub(super) struct Documents {

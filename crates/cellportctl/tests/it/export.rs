@@ -4,7 +4,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cellport_api::{ApiConfig, JwtKeys};
-use cellport_pipeline::FileProjectStore;
+use cellport_io::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
 use cellport_testkit::{RedisServer, local_listener, wait_until};

@@ -78,16 +78,14 @@ impl FileProjectStore {
         }
     }
 
-    pub(crate) fn project_dir(&self, id: &ProjectId) -> PathBuf {
+    /// The directory of one project's files (import writes into it).
+    pub fn project_dir(&self, id: &ProjectId) -> PathBuf {
         // Ids are checked tokens (no separators, not `..`), so joining them is safe.
         self.root.join(id.as_str())
     }
 
-    pub(crate) fn image_path(
-        &self,
-        project: &ProjectId,
-        image: &cellport_core::ImageId,
-    ) -> PathBuf {
+    /// Where an image's original bytes live.
+    pub fn image_path(&self, project: &ProjectId, image: &cellport_core::ImageId) -> PathBuf {
         self.project_dir(project).join("files").join(image.as_str())
     }
 
@@ -109,17 +107,24 @@ impl FileProjectStore {
     }
 
     /// Writes a JSON file atomically (temp file + rename) so readers never see half a file.
-    pub(crate) async fn write_json<T: serde::Serialize>(
-        path: &Path,
-        value: &T,
-    ) -> Result<(), SourceError> {
+    async fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), SourceError> {
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(value).expect("project files serialize");
         tokio::fs::write(&tmp, &bytes).await.map_err(io_err(&tmp))?;
         tokio::fs::rename(&tmp, path).await.map_err(io_err(path))
     }
 
-    pub(crate) async fn save_project(&self, project: &Project) -> Result<(), SourceError> {
+    /// Stores a project's image list, in project order.
+    pub async fn save_images(
+        &self,
+        project: &ProjectId,
+        images: &[ImageRecord],
+    ) -> Result<(), SourceError> {
+        Self::write_json(&self.project_dir(project).join("images.json"), &images).await
+    }
+
+    /// Stores a project's record; its images are saved first, so a listed project is whole.
+    pub async fn save_project(&self, project: &Project) -> Result<(), SourceError> {
         let dir = self.project_dir(&project.id);
         tokio::fs::create_dir_all(&dir)
             .await
