@@ -120,3 +120,16 @@ impl From<cellport_io::SourceError> for ApiError {
         ApiError::unavailable(e)
     }
 }
+
+impl From<cellport_store::CancelError> for ApiError {
+    fn from(e: cellport_store::CancelError) -> ApiError {
+        use cellport_store::CancelError;
+        match e {
+            CancelError::Ended(_) => {
+                ApiError::new(StatusCode::CONFLICT, "invalid_state", e.to_string())
+            }
+            CancelError::NotFound => ApiError::not_found("export"),
+            CancelError::Contended | CancelError::Store(_) => ApiError::unavailable(e),
+        }
+    }
+}

@@ -28,7 +28,6 @@ use utoipa_axum::routes;
 
 pub use auth::{Caller, JwtKeys};
 pub use http_metrics::HttpMetrics;
-pub use routes::cancel_job;
 pub use waits::JobWaits;
 
 /// The largest request body accepted (an export's options with 100 000 selected ids fit).

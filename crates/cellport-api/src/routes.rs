@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use cellport_core::{
     CancelReason, ExportJob, ExportOptions, JobId, JobRecord, JobStatus, Project, ProjectId,
 };
-use cellport_store::{CreateOutcome, ExportRequest, Store, UpdateError};
+use cellport_store::{CreateOutcome, ExportRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -388,38 +388,12 @@ pub(crate) async fn cancel_export(
     Path((project, job)): Path<(String, String)>,
 ) -> Result<Json<ExportJob>, ApiError> {
     let record = visible_job(&state, &caller, &project, &job).await?;
-    Ok(Json(cancel_job(&state.store, record).await?))
-}
-
-/// Cancels a job the caller may see (REST and WebSocket alike): idempotent on a cancelled
-/// job, `409` on a completed or failed one.
-pub async fn cancel_job(store: &Store, record: JobRecord) -> Result<ExportJob, ApiError> {
-    if record.job.status == JobStatus::Cancelled {
-        return Ok(record.job);
-    }
-    let job_id = record.job.id;
-    let now = OffsetDateTime::now_utc();
-    let cancelled = store
-        .update_job(job_id, Some(record), None, |r| {
-            if r.job.status == JobStatus::Cancelled {
-                return Ok(None);
-            }
-            r.job.cancel(CancelReason::UserCancelled, now).map(Some)
-        })
-        .await;
-    match cancelled {
-        Ok((record, _)) => {
-            tracing::info!(job_id = %job_id, "export cancelled");
-            Ok(record.job)
-        }
-        Err(UpdateError::Rejected(e)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "invalid_state",
-            format!("export is {}: it cannot be cancelled", e.from),
-        )),
-        Err(UpdateError::NotFound) => Err(ApiError::not_found("export")),
-        Err(e) => Err(ApiError::unavailable(e)),
-    }
+    Ok(Json(
+        state
+            .store
+            .cancel_job(record, CancelReason::UserCancelled)
+            .await?,
+    ))
 }
 
 /// `<project name>_<YYYY-MM-DD>.zip`, reduced to characters every browser keeps.

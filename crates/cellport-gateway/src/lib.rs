@@ -22,10 +22,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cellport_api::error::ApiError;
 use cellport_api::{Caller, JwtKeys};
-use cellport_core::{JobId, JobRecord, JobStatus, Phase, UserId};
+use cellport_core::{CancelReason, JobId, JobRecord, JobStatus, Phase, UserId};
 use cellport_runtime::JwtSecret;
 use cellport_store::events::decode_message;
-use cellport_store::{EventSubscriber, Store};
+use cellport_store::{CancelError, EventSubscriber, Store};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -424,9 +424,15 @@ impl Connection {
             Err(e) => return refuse("unavailable", format!("storage is unavailable: {e}")),
         };
         // Success needs no reply: the job's `export:cancelled` event reaches this client.
-        match cellport_api::cancel_job(&self.store, record).await {
+        match self
+            .store
+            .cancel_job(record, CancelReason::UserCancelled)
+            .await
+        {
             Ok(_) => Reply::Nothing,
-            Err(e) => refuse(e.code, e.message),
+            Err(e @ CancelError::Ended(_)) => refuse("invalid_state", e.to_string()),
+            Err(CancelError::NotFound) => refuse("not_found", "export not found".into()),
+            Err(e) => refuse("unavailable", format!("storage is unavailable: {e}")),
         }
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! All payloads are MessagePack (rmp-serde). Key names live in `keys.rs` and nowhere else.
 
+mod cancel;
 pub mod events;
 mod jobs;
 mod keys;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 
+pub use cancel::CancelError;
 pub use events::{Envelope, EventSubscriber};
 pub use jobs::{CommitError, CreateOutcome, Lease, LeaseError, UpdateError};
 pub use keys::{CANCEL_CHANNEL, EVENTS_CHANNEL};
