@@ -1,6 +1,8 @@
 //! Process glue shared by Cellport's binaries: tracing setup, the shutdown signal, durations,
-//! and a private redis-server child for the embedded single-host setup.
+//! and private redis-server and PostgreSQL children for the embedded single-host setup and tests.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod redis;
 
 use std::time::Duration;

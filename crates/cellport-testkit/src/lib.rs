@@ -1,11 +1,14 @@
-//! Test support: a private `redis-server` per test, `wait_until`, loopback listeners.
+//! Test support: a private `redis-server` and PostgreSQL per test, `wait_until`, loopback listeners.
 //!
 //! Every test gets its own Redis on a free port in a temp dir (never the shared one on 6379),
-//! optionally with AOF for persistence tests, and can kill or restart it for real.
+//! optionally with AOF for persistence tests, and can kill or restart it for real. A test of the
+//! web app's database gets its own PostgreSQL cluster the same way (never the one on 5432), with
+//! the web app's tables made by `PostgresServer::create_webapp_database`.
 
 use std::future::Future;
 use std::time::Duration;
 
+pub use cellport_runtime::postgres::{PostgresOptions, PostgresServer, WEBAPP_SCHEMA};
 pub use cellport_runtime::redis::{RedisOptions, RedisServer};
 
 /// Polls `predicate` every 20 ms until it holds or `timeout` passes; returns whether it held.
