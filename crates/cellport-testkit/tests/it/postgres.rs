@@ -254,3 +254,56 @@ async fn a_kept_dir_is_started_again_with_its_data() -> anyhow::Result<()> {
     assert_eq!(read_project(&pool).await?, expected());
     Ok(())
 }
+
+#[tokio::test]
+async fn the_web_apps_keys_and_indexes_carry_prismas_names() -> anyhow::Result<()> {
+    let server = PostgresServer::start(PostgresOptions::default()).await?;
+    let client = connect(&server.create_webapp_database("webapp").await?).await?;
+    let names = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let rows = client.query(sql, &[]).await?;
+            anyhow::Ok(
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let constraints = names(
+        "SELECT conname::text FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1",
+    )
+    .await?;
+    assert_eq!(
+        constraints,
+        [
+            "images_pkey",
+            "images_projectId_fkey",
+            "project_shares_pkey",
+            "project_shares_projectId_fkey",
+            "projects_pkey",
+            "projects_userId_fkey",
+            "segmentations_imageId_fkey",
+            "segmentations_pkey",
+            "users_pkey",
+        ]
+    );
+    let indexes = names(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public' AND indexname NOT LIKE '%_pkey' ORDER BY 1",
+    )
+    .await?;
+    assert_eq!(
+        indexes,
+        [
+            "images_projectId_displayOrder_idx",
+            "images_projectId_segmentationStatus_idx",
+            "project_shares_email_status_idx",
+            "project_shares_projectId_status_idx",
+            "project_shares_shareToken_key",
+            "projects_userId_updatedAt_idx",
+            "segmentations_imageId_key",
+            "users_email_key",
+        ]
+    );
+    Ok(())
+}
