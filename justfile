@@ -4,7 +4,7 @@
 demo *ARGS:
     scripts/demo {{ARGS}}
 
-# Run every test (private redis-server instances, never the shared one).
+# Run every test (private redis-server and PostgreSQL instances, never the shared ones).
 test *ARGS:
     scripts/test {{ARGS}}
 

@@ -1,6 +1,9 @@
 //! Process glue shared by Cellport's binaries: tracing setup, the shutdown signal, durations,
-//! secrets that never print, and a private redis-server child for the embedded single-host setup.
+//! secrets that never print, and private redis-server and PostgreSQL children for the embedded
+//! single-host setup and tests.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod redis;
 pub mod secret;
 

@@ -1,12 +1,16 @@
-//! Test support: a private `redis-server` per test, `wait_until`, loopback listeners, a JWT secret.
+//! Test support: a private `redis-server` and PostgreSQL per test, `wait_until`, loopback
+//! listeners, a JWT secret.
 //!
 //! Every test gets its own Redis on a free port in a temp dir (never the shared one on 6379),
-//! optionally with AOF for persistence tests, and can kill or restart it for real.
+//! optionally with AOF for persistence tests, and can kill or restart it for real. A test of the
+//! web app's database gets its own PostgreSQL cluster the same way (never the one on 5432), with
+//! the web app's tables made by `PostgresServer::create_webapp_database`.
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use cellport_runtime::JwtSecret;
+pub use cellport_runtime::postgres::{PostgresOptions, PostgresServer, WEBAPP_SCHEMA};
 pub use cellport_runtime::redis::{RedisOptions, RedisServer};
 
 /// The signing secret of services under test (as long as the services require).

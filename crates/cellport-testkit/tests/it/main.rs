@@ -1,0 +1,3 @@
+//! Integration tests of the test support itself, against the real servers it starts.
+
+mod postgres;
