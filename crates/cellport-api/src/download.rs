@@ -10,6 +10,7 @@ use axum::response::Response;
 use cellport_core::{ExportJob, JobId};
 use cellport_store::{Store, UpdateError};
 use futures::{Stream, StreamExt};
+use http_range_header::{RangeRejected, RangeUnsatisfiableError};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
@@ -31,7 +32,8 @@ pub(crate) enum Selection {
 }
 
 /// Decides from `Range` and `If-Range` (RFC 9110 §14). A `Range` in another unit, several
-/// ranges, or an `If-Range` that does not match the current ETag get the whole archive.
+/// ranges (overlapping or not), or an `If-Range` that does not match the current ETag get the
+/// whole archive; a malformed range or one past the end is `416`.
 pub(crate) fn select(headers: &HeaderMap, etag: &str, len: u64) -> Selection {
     let Some(range) = headers.get(header::RANGE) else {
         return Selection::Whole;
@@ -51,6 +53,10 @@ pub(crate) fn select(headers: &HeaderMap, etag: &str, len: u64) -> Selection {
     match http_range_header::parse_range_header(range).and_then(|r| r.validate(len)) {
         Ok(ranges) if ranges.len() == 1 => Selection::Part(ranges[0].clone()),
         Ok(_) => Selection::Whole,
+        // Several ranges are served whole, however they overlap: the range itself is fine.
+        Err(RangeUnsatisfiableError::Rejected(RangeRejected::TooManyOverlapping)) => {
+            Selection::Whole
+        }
         Err(_) => Selection::Unsatisfiable,
     }
 }
@@ -265,6 +271,10 @@ mod tests {
         );
         assert_eq!(select(&raw, etag, 100), Selection::Whole);
         assert_eq!(pick(&[(header::RANGE, "bytes=0-1, 5-6")]), Selection::Whole);
+        assert_eq!(
+            pick(&[(header::RANGE, "bytes=0-,-70,60-80")]),
+            Selection::Whole
+        );
         let with_if_range = |v| pick(&[(header::RANGE, "bytes=10-19"), (header::IF_RANGE, v)]);
         assert_eq!(with_if_range(etag), Selection::Part(10..=19));
         assert_eq!(with_if_range("\"old\""), Selection::Whole);

@@ -128,6 +128,8 @@ pub(crate) async fn serve_document() -> impl IntoResponse {
 )]
 mod schemas {
     use utoipa::ToSchema;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 
     /// The body of every error response.
     #[derive(ToSchema)]
@@ -215,11 +217,11 @@ mod schemas {
         pub metrics_formats: Vec<MetricsFormat>,
         #[serde(default)]
         pub visualization_options: VisualizationOptions,
-        /// Ids of images of this project (numbers are read as their decimal string);
-        /// null or absent means every image.
+        /// Ids of images of this project; null or absent means every image. An id that is
+        /// not an image of this project is a 422 too.
         #[serde(default)]
         #[schema(min_items = 1, max_items = 100_000)]
-        pub selected_image_ids: Option<Vec<String>>,
+        pub selected_image_ids: Option<Vec<ImageId>>,
         /// Micrometres per pixel; null or absent reports in pixels.
         #[serde(default)]
         #[schema(minimum = 0.001, maximum = 1000.0)]
@@ -257,13 +259,50 @@ mod schemas {
         pub internal: String,
     }
 
-    /// `ExportOptions` itself, or wrapped as `{"options": ExportOptions}`. An empty body
-    /// takes every default.
+    /// An image id as `selectedImageIds` takes it: letters, digits, `-`, `_`, `.` and `@`,
+    /// at most 128 of them and not `.` or `..`; a number is read as its decimal string (COCO
+    /// ids are numbers). `minLength`, `maxLength` and `pattern` only constrain strings.
+    pub struct ImageId;
+
+    /// Only strings of allowed characters that have a character other than `.`, or three dots
+    /// or more: JSON Schema patterns have no portable way to say "not `.` or `..`".
+    pub const IMAGE_ID_PATTERN: &str = r"^([A-Za-z0-9._@-]*[A-Za-z0-9_@-][A-Za-z0-9._@-]*|\.{3,})$";
+
+    impl utoipa::PartialSchema for ImageId {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::String, Type::Number]))
+                .min_length(Some(1))
+                .max_length(Some(128))
+                .pattern(Some(IMAGE_ID_PATTERN))
+                .description(Some(
+                    "Letters, digits, `-`, `_`, `.` and `@`, at most 128 and not `.` or `..`; a \
+                     number is read as its decimal string",
+                ))
+                .into()
+        }
+    }
+
+    impl ToSchema for ImageId {}
+
+    /// The body as the web app sends it: the options wrapped, next to the project's name.
+    #[derive(ToSchema)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct WrappedExportOptions {
+        pub options: ExportOptions,
+        /// Accepted and ignored: the name comes from the project source.
+        #[serde(default)]
+        #[schema(nullable = false)]
+        pub project_name: Option<String>,
+    }
+
+    /// `ExportOptions` itself, or `{"options": ExportOptions, "projectName"?: string}`. An
+    /// empty body takes every default.
     #[derive(ToSchema)]
     #[serde(untagged)]
     pub enum StartExportBody {
         Options(ExportOptions),
-        Wrapped { options: ExportOptions },
+        Wrapped(WrappedExportOptions),
     }
 
     /// The answer to a started export (or to a repeated `Idempotency-Key`).

@@ -68,7 +68,8 @@ async fn visible_job(
     }
 }
 
-/// Accepts `ExportOptions` itself or `{"options": ExportOptions}`; an empty body means all defaults.
+/// Accepts `ExportOptions` itself or `{"options": ExportOptions, "projectName"?: string}`; an
+/// empty body means all defaults.
 fn options_from_body(body: &Bytes) -> Result<ExportOptions, ApiError> {
     let raw: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
@@ -81,13 +82,7 @@ fn options_from_body(body: &Bytes) -> Result<ExportOptions, ApiError> {
             )
         })?
     };
-    let raw = match raw.as_object() {
-        Some(obj) if obj.len() == 1 && obj.get("options").is_some_and(Value::is_object) => {
-            &obj["options"]
-        }
-        _ => &raw,
-    };
-    ExportOptions::parse(raw).map_err(|e| ApiError::invalid_field(e.field, e.message))
+    ExportOptions::parse_request(&raw).map_err(|e| ApiError::invalid_field(e.field, e.message))
 }
 
 /// The longest idempotency key accepted.
@@ -97,7 +92,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value.to_str().ok().map(str::trim).filter(|k| {
+    // What the document's pattern says; HTTP parsers already drop the whitespace around a value.
+    let key = value.to_str().ok().filter(|k| {
         !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
     });
     key.map(|k| Some(k.to_owned())).ok_or_else(|| {
@@ -105,7 +101,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             StatusCode::BAD_REQUEST,
             "invalid_idempotency_key",
             format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters \
+                 (no spaces)"
             ),
         )
     })
@@ -139,8 +136,10 @@ fn accepted(
     description = "Queues an export; a repeated `Idempotency-Key` returns the job it started.",
     params(
         ("projectId" = String, Path, description = "The project id"),
-        ("Idempotency-Key" = Option<String>, Header, max_length = 200,
-            description = "Printable ASCII; repeating it returns the job it started"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false,
+            min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$",
+            description = "1 to 200 visible ASCII characters (no spaces); repeating it returns \
+                the job it started"),
     ),
     request_body(
         content = StartExportBody,
@@ -308,8 +307,11 @@ const MAX_WAIT: Duration = Duration::from_millis(30_000);
     params(
         ("projectId" = String, Path, description = "The project id"),
         ("jobId" = String, Path, format = "uuid", description = "The export job id"),
-        ("after" = Option<u64>, Query, description = "The `seq` the caller has seen"),
-        ("waitMs" = Option<u64>, Query,
+        // Any u64. Declared as usize with an explicit maximum: utoipa documents u64 with the
+        // int64 format, which would tell clients the API stops at i64::MAX.
+        ("after" = Option<usize>, Query, maximum = 18_446_744_073_709_551_615_usize,
+            description = "The `seq` the caller has seen"),
+        ("waitMs" = Option<usize>, Query, maximum = 18_446_744_073_709_551_615_usize,
             description = "How long to wait for a change; above 30000 is taken as 30000"),
     ),
     responses(
@@ -465,8 +467,9 @@ fn downloadable(record: JobRecord) -> Result<(ExportJob, String), ApiError> {
     params(
         ("projectId" = String, Path, description = "The project id"),
         ("jobId" = String, Path, format = "uuid", description = "The export job id"),
-        ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=1000-`"),
-        ("If-Range" = Option<String>, Header,
+        ("Range" = Option<String>, Header, nullable = false,
+            description = "One byte range, e.g. `bytes=1000-`"),
+        ("If-Range" = Option<String>, Header, nullable = false,
             description = "The ETag the range is for; another ETag gets the whole archive"),
     ),
     responses(
@@ -598,13 +601,33 @@ impl PageQuery {
     }
 }
 
-/// Reads the cursor parameter `name`; cursors are opaque to clients, so a bad one is a 400.
-fn cursor<T: std::str::FromStr>(name: &str, raw: Option<&str>) -> Result<Option<T>, ApiError> {
-    raw.map(|c| {
-        c.parse()
-            .map_err(|_| ApiError::bad_parameter(name, "not a cursor this listing gave out"))
-    })
-    .transpose()
+/// Reads the cursor parameter `name` with `parse`: absent or empty starts from the beginning.
+/// Cursors are opaque to clients, so one this listing cannot have given out is a 400.
+fn cursor<T>(
+    name: &str,
+    raw: Option<&str>,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    match raw {
+        None | Some("") => Ok(None),
+        Some(c) => parse(c)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_parameter(name, "not a cursor this listing gave out")),
+    }
+}
+
+/// A history cursor is a job id in the hyphenated form `nextCursor` gives (the document's
+/// pattern), not the other spellings a uuid parser takes.
+fn job_cursor(raw: &str) -> Option<JobId> {
+    let hyphenated = raw.len() == 36 && !raw.bytes().any(|b| b.is_ascii_uppercase());
+    hyphenated.then(|| raw.parse().ok()).flatten()
+}
+
+/// An images cursor is the decimal index of the next image, at most 19 digits (the document's
+/// pattern): no sign, which `usize::from_str` would take.
+fn index_cursor(raw: &str) -> Option<usize> {
+    let digits = raw.len() <= 19 && raw.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| raw.parse().ok()).flatten()
 }
 
 /// A project's exports, newest first, a page at a time (`nextCursor` is null on the last).
@@ -618,7 +641,10 @@ fn cursor<T: std::str::FromStr>(name: &str, raw: Option<&str>) -> Result<Option<
         ("projectId" = String, Path, description = "The project id"),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 100,
             description = "Page size (default 20)"),
-        ("before" = Option<String>, Query, description = "The `nextCursor` of the previous page"),
+        ("before" = Option<String>, Query, nullable = false,
+            pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$",
+            description = "The `nextCursor` of the previous page; empty or absent starts at the \
+                newest"),
     ),
     responses(
         (status = 200, description = "A page of exports", body = HistoryPage),
@@ -638,7 +664,7 @@ pub(crate) async fn history(
 ) -> Result<Json<Value>, ApiError> {
     let params: PageQuery = query(&uri)?;
     let limit = params.limit(20, 100)?;
-    let before: Option<JobId> = cursor("before", params.before.as_deref())?;
+    let before = cursor("before", params.before.as_deref(), job_cursor)?;
     let project_id = parse_project_id(&project)?;
     visible_project(&state, &caller, &project_id).await?;
     let (records, next) = state.store.history(&project_id, before, limit).await?;
@@ -657,7 +683,9 @@ pub(crate) async fn history(
         ("projectId" = String, Path, description = "The project id"),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000,
             description = "Page size (default 100)"),
-        ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page"),
+        ("cursor" = Option<String>, Query, nullable = false, pattern = "^[0-9]{0,19}$",
+            description = "The `nextCursor` of the previous page; empty or absent starts at the \
+                first image"),
     ),
     responses(
         (status = 200, description = "A page of images", body = ImagesPage),
@@ -677,7 +705,7 @@ pub(crate) async fn list_images(
 ) -> Result<Json<Value>, ApiError> {
     let params: PageQuery = query(&uri)?;
     let limit = params.limit(100, 1000)?;
-    let start: usize = cursor("cursor", params.cursor.as_deref())?.unwrap_or(0);
+    let start = cursor("cursor", params.cursor.as_deref(), index_cursor)?.unwrap_or(0);
     let project_id = parse_project_id(&project)?;
     visible_project(&state, &caller, &project_id).await?;
     let images = state.source.images(&project_id).await?;

@@ -1,16 +1,19 @@
 //! The OpenAPI document against the API it describes: the documented routes are exactly the
-//! API's routes, the schemas match what the wire types serialize to, and every answer a
-//! real router (on a private Redis) gives is a documented status with a body that fits.
+//! API's routes, the schemas match what the wire types serialize to, every answer a real
+//! router (on a private Redis) gives is a documented status with a body that fits, and the
+//! router refuses a parameter or body exactly when the document says it is invalid.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use cellport_api::openapi::openapi_json;
 use cellport_api::{ApiConfig, AppState, JwtKeys, router};
-use cellport_core::{ExportJob, ExportOptions, JobStatus, Phase, TaskProgress, TaskStatus};
+use cellport_core::{
+    ExportJob, ExportOptions, ImageId, JobStatus, Phase, TaskProgress, TaskStatus,
+};
 use cellport_io::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
@@ -434,6 +437,12 @@ fn routes_are_only_added_through_the_documented_table() {
     }
 }
 
+fn bearer() -> String {
+    let keys = JwtKeys::new(&cellport_testkit::jwt_secret());
+    let token = keys.mint(&"alice".parse().unwrap(), true, Duration::from_secs(600));
+    format!("Bearer {token}")
+}
+
 /// A router on a private Redis with one project of alice's and one cancelled export of it.
 struct Api {
     router: Router,
@@ -473,7 +482,8 @@ impl Api {
             data_dir: data.path().to_owned(),
             jwt_secret: cellport_testkit::jwt_secret(),
             events_url: "ws://127.0.0.1:1/ws".into(),
-            max_active_per_user: 10,
+            // The agreement tests start many exports; the limit is not what they are about.
+            max_active_per_user: 1000,
         };
         let state = AppState::connect(&config).await.unwrap();
         let mut api = Api {
@@ -498,16 +508,27 @@ impl Api {
     async fn send(&self, method: Method, path: &str, token: bool) -> (StatusCode, Value) {
         let mut request = Request::builder().method(method).uri(path);
         if token {
-            let keys = JwtKeys::new(&cellport_testkit::jwt_secret());
-            let token = keys.mint(&"alice".parse().unwrap(), true, Duration::from_secs(600));
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            request = request.header(header::AUTHORIZATION, bearer());
         }
-        let response = self
-            .router
-            .clone()
-            .oneshot(request.body(Body::empty()).unwrap())
+        self.call(request.body(Body::empty()).unwrap()).await
+    }
+
+    /// Starts an export of the project as alice with `body` and, if given, `Idempotency-Key`.
+    async fn start_export(&self, body: &str, key: Option<HeaderValue>) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/api/projects/{}/export", self.project))
+            .header(header::AUTHORIZATION, bearer())
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        self.call(request.body(Body::from(body.to_owned())).unwrap())
             .await
-            .unwrap();
+    }
+
+    async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let json = response
             .headers()
@@ -574,5 +595,348 @@ async fn the_router_serves_every_documented_route_as_documented() {
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
             check_answer(&doc, method, path, status, &body);
         }
+    }
+}
+
+/// The schema of `operation`'s parameter `name`.
+fn parameter_schema<'d>(doc: &'d Value, method: &str, path: &str, name: &str) -> &'d Value {
+    operation(doc, method, path)["parameters"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == name))
+        .map(|p| &p["schema"])
+        .unwrap_or_else(|| panic!("{method} {path} documents no parameter {name}"))
+}
+
+/// Whether the string `text` is valid under the string schema `schema`: its `type` admits
+/// strings, and `minLength`, `maxLength` (in characters) and `pattern` hold.
+fn admits_text(schema: &Value, text: &str) -> bool {
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(name) => vec![name.as_str()],
+        Value::Array(names) => names.iter().filter_map(Value::as_str).collect(),
+        _ => vec!["string"],
+    };
+    let chars = text.chars().count() as u64;
+    types.contains(&"string")
+        && schema["minLength"].as_u64().is_none_or(|min| chars >= min)
+        && schema["maxLength"].as_u64().is_none_or(|max| chars <= max)
+        && schema["pattern"].as_str().is_none_or(|pattern| {
+            // JSON Schema patterns are ECMA-262; the document's use the syntax both share.
+            regex::Regex::new(pattern)
+                .unwrap_or_else(|e| panic!("pattern {pattern} does not compile: {e}"))
+                .is_match(text)
+        })
+}
+
+/// `text` as one query parameter value.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// For each sample of query parameter `name` of `GET path`: the router answers 200 when the
+/// document admits the sample and 400 naming the parameter when it does not.
+async fn check_query_parameter(api: &Api, doc: &Value, path: &str, name: &str, samples: &[&str]) {
+    let schema = parameter_schema(doc, "GET", path, name);
+    for &sample in samples {
+        let uri = format!("{}?{name}={}", api.fill(path), percent_encoded(sample));
+        let (status, body) = api.send(Method::GET, &uri, true).await;
+        check_answer(doc, "GET", path, status, &body);
+        if admits_text(schema, sample) {
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "{name}={sample:?} is documented: {body}"
+            );
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{name}={sample:?} is not: {body}"
+            );
+            assert_eq!(body["error"]["field"], name, "{body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_empty_history_cursor_is_documented_and_starts_at_the_newest() {
+    let api = Api::start().await;
+    let doc = document();
+    let path = "/api/projects/{projectId}/export/history";
+    let schema = parameter_schema(&doc, "GET", path, "before");
+    assert!(admits_text(schema, ""), "{schema}");
+    assert!(
+        admits_text(schema, &api.job),
+        "a job id is a cursor: {schema}"
+    );
+
+    let first_page = api.send(Method::GET, &api.fill(path), true).await;
+    let with_empty = api
+        .send(Method::GET, &format!("{}?before=", api.fill(path)), true)
+        .await;
+    assert_eq!(with_empty, first_page);
+    assert_eq!(first_page.1["items"][0]["id"], api.job);
+
+    let job = api.job.as_str();
+    let upper = job.to_uppercase();
+    let braced = format!("{{{job}}}");
+    let simple = job.replace('-', "");
+    let urn = format!("urn:uuid:{job}");
+    check_query_parameter(
+        &api,
+        &doc,
+        path,
+        "before",
+        &["", job, &upper, &braced, &simple, &urn, "nonsense", " "],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_empty_images_cursor_is_documented_and_starts_at_the_first_image() {
+    let api = Api::start().await;
+    let doc = document();
+    let path = "/api/projects/{projectId}/images";
+    let schema = parameter_schema(&doc, "GET", path, "cursor");
+    assert!(admits_text(schema, ""), "{schema}");
+
+    let first_page = api.send(Method::GET, &api.fill(path), true).await;
+    let with_empty = api
+        .send(Method::GET, &format!("{}?cursor=", api.fill(path)), true)
+        .await;
+    assert_eq!(with_empty, first_page);
+    let (_, one) = api
+        .send(Method::GET, &format!("{}?limit=1", api.fill(path)), true)
+        .await;
+    let next = one["nextCursor"]
+        .as_str()
+        .expect("two images, one per page");
+    assert!(admits_text(schema, next), "{next} is a cursor: {schema}");
+
+    let twenty_digits = "1".repeat(20);
+    check_query_parameter(
+        &api,
+        &doc,
+        path,
+        "cursor",
+        &[
+            "",
+            next,
+            "0",
+            "01",
+            "9999999999999999999",
+            &twenty_digits,
+            "+1",
+            "-3",
+            "x",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_refused_exactly_where_the_document_says() {
+    let api = Api::start().await;
+    let doc = document();
+    let path = "/api/projects/{projectId}/export";
+    let schema = parameter_schema(&doc, "POST", path, "Idempotency-Key");
+    let longest = "k".repeat(200);
+    let too_long = "k".repeat(201);
+    for sample in [
+        "a",
+        "!~{}\"'",
+        longest.as_str(),
+        too_long.as_str(),
+        "",
+        "two words",
+        " padded",
+        "tab\there",
+        "café",
+    ] {
+        let value = HeaderValue::from_bytes(sample.as_bytes()).unwrap();
+        let (status, body) = api.start_export("{}", Some(value)).await;
+        check_answer(&doc, "POST", path, status, &body);
+        if admits_text(schema, sample) {
+            assert_eq!(
+                status,
+                StatusCode::ACCEPTED,
+                "{sample:?} is documented: {body}"
+            );
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{sample:?} is not: {body}");
+            assert_eq!(body["error"]["code"], "invalid_idempotency_key", "{body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn both_body_shapes_are_documented_and_anything_else_is_refused() {
+    let api = Api::start().await;
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    // Unknown fields are refused at every level, and the document says so.
+    for name in [
+        "ExportOptions",
+        "WrappedExportOptions",
+        "VisualizationOptions",
+        "PolygonColors",
+    ] {
+        assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
+    }
+    let path = "/api/projects/{projectId}/export";
+    let body_schema =
+        &operation(&doc, "POST", path)["requestBody"]["content"]["application/json"]["schema"];
+    let shapes: Vec<&Value> = schemas["StartExportBody"]["oneOf"]
+        .as_array()
+        .expect("the body is one of two shapes")
+        .iter()
+        .collect();
+    assert_eq!(shapes.len(), 2);
+
+    for body in [
+        json!({}),
+        json!({"metricsFormats": ["csv"]}),
+        json!({"options": {}}),
+        json!({"options": {"metricsFormats": ["csv"]}, "projectName": "Cells"}),
+        json!({"options": {}, "projectName": null}),
+        json!({"options": {}, "projectName": 7}),
+        json!({"options": {}, "extra": true}),
+        json!({"options": []}),
+        json!({"options": {"bogus": 1}}),
+        json!({"projectName": "Cells"}),
+        json!({"bogus": 1}),
+        json!({"visualizationOptions": {"polygonColors": {"outline": "#000000"}}}),
+    ] {
+        let documented = matches_schema(&doc, body_schema, &body);
+        let (status, answer) = api.start_export(&body.to_string(), None).await;
+        check_answer(&doc, "POST", path, status, &answer);
+        if documented {
+            assert_eq!(
+                status,
+                StatusCode::ACCEPTED,
+                "{body} is documented: {answer}"
+            );
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{body} is not: {answer}"
+            );
+            assert!(answer["error"]["field"].is_string(), "{answer}");
+        }
+    }
+    // The web app's shape starts the export with the options inside it, not the defaults.
+    let (status, accepted) = api
+        .start_export(
+            r#"{"options": {"metricsFormats": ["csv"]}, "projectName": "ignored"}"#,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let uri = format!(
+        "/api/projects/{}/export/{}/status",
+        api.project,
+        accepted["jobId"].as_str().unwrap()
+    );
+    let (_, job) = api.send(Method::GET, &uri, true).await;
+    assert_eq!(job["options"]["metricsFormats"], json!(["csv"]));
+    assert_eq!(job["projectName"], "Cells");
+}
+
+#[tokio::test]
+async fn image_ids_are_refused_exactly_where_the_document_says() {
+    let doc = document();
+    let schema = &doc["components"]["schemas"]["ImageId"];
+    let longest = "i".repeat(128);
+    let too_long = "i".repeat(129);
+    for sample in [
+        "1",
+        "img-0001.tif",
+        "a@b_c",
+        ".a",
+        "...",
+        longest.as_str(),
+        "",
+        ".",
+        "..",
+        "a/b",
+        "../x",
+        "two words",
+        "é",
+        too_long.as_str(),
+    ] {
+        assert_eq!(
+            admits_text(schema, sample),
+            sample.parse::<ImageId>().is_ok(),
+            "{sample:?}: the document and the parser disagree"
+        );
+    }
+
+    // Through the API: a real id in either form starts the export, a malformed one is a 422.
+    let api = Api::start().await;
+    let (_, images) = api
+        .send(
+            Method::GET,
+            &format!("/api/projects/{}/images", api.project),
+            true,
+        )
+        .await;
+    let id = images["items"][0]["id"].as_str().unwrap().to_owned();
+    let number: u64 = id.parse().expect("synthetic images have numeric ids");
+    let image_id = json!({"$ref": "#/components/schemas/ImageId"});
+    assert!(
+        matches_schema(&doc, &image_id, &json!(number)),
+        "numbers are documented"
+    );
+    for (selection, expected) in [
+        (json!([id]), StatusCode::ACCEPTED),
+        (json!([number]), StatusCode::ACCEPTED),
+        (json!([".."]), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!([""]), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let body = json!({ "selectedImageIds": selection });
+        let (status, answer) = api.start_export(&body.to_string(), None).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+        if !status.is_success() {
+            assert_eq!(answer["error"]["field"], "selectedImageIds", "{answer}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn status_takes_any_u64_as_the_document_says() {
+    let api = Api::start().await;
+    let doc = document();
+    let path = "/api/projects/{projectId}/export/{jobId}/status";
+    for name in ["after", "waitMs"] {
+        let schema = parameter_schema(&doc, "GET", path, name);
+        assert_eq!(schema["type"], "integer", "{name}");
+        assert_eq!(schema["minimum"], 0, "{name}");
+        assert_eq!(schema["maximum"], json!(u64::MAX), "{name}");
+        assert_eq!(
+            schema.get("format"),
+            None,
+            "{name}: int64 would stop at i64::MAX"
+        );
+    }
+    let max = u64::MAX;
+    for (query, expected) in [
+        // The job's seq is past 0, so even the longest wait answers at once.
+        (format!("after=0&waitMs={max}"), StatusCode::OK),
+        // Nothing is past u64::MAX, so this waits its 0 ms and answers.
+        (format!("after={max}&waitMs=0"), StatusCode::OK),
+        (format!("after=0&waitMs={max}0"), StatusCode::BAD_REQUEST),
+        ("after=-1&waitMs=0".to_owned(), StatusCode::BAD_REQUEST),
+    ] {
+        let uri = format!("{}?{query}", api.fill(path));
+        let (status, body) = api.send(Method::GET, &uri, true).await;
+        check_answer(&doc, "GET", path, status, &body);
+        assert_eq!(status, expected, "{query}: {body}");
     }
 }

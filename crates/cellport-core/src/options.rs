@@ -243,6 +243,33 @@ impl ExportOptions {
         Ok(opts)
     }
 
+    /// Parses the body of an export request (SPEC §4): `ExportOptions` itself, or
+    /// `{"options": ExportOptions, "projectName"?: string}` as the web app sends it.
+    ///
+    /// A body with an `options` key is the wrapped shape, since `options` is no option.
+    /// `projectName` must be a string and is otherwise ignored: the name comes from the source.
+    /// Errors name fields inside the options alike in both shapes.
+    pub fn parse_request(raw: &Value) -> Result<ExportOptions, InvalidOptions> {
+        let obj = want_object("options", raw)?;
+        let Some(options) = obj.get("options") else {
+            return ExportOptions::parse(raw);
+        };
+        for (key, v) in obj {
+            match key.as_str() {
+                "options" => {}
+                "projectName" if v.is_string() => {}
+                "projectName" => {
+                    return Err(invalid(
+                        key,
+                        format!("expected a string, got {}", type_name(v)),
+                    ));
+                }
+                _ => return Err(invalid(key, "unknown field")),
+            }
+        }
+        ExportOptions::parse(options)
+    }
+
     /// The selected ids that are not in `known`, in request order.
     pub fn foreign_image_ids(&self, mut is_known: impl FnMut(&ImageId) -> bool) -> Vec<&ImageId> {
         self.selected_image_ids
@@ -431,6 +458,45 @@ mod tests {
         );
         check_err(json!({"selectedImageIds": [true]}), "selectedImageIds");
         check_err(json!({"selectedImageIds": ["../x"]}), "selectedImageIds");
+    }
+
+    #[test]
+    fn a_request_is_the_options_or_the_options_wrapped() {
+        let custom = json!({"metricsFormats": ["csv"]});
+        let expected = ExportOptions::parse(&custom).unwrap();
+        for body in [
+            custom.clone(),
+            json!({"options": custom}),
+            json!({"options": custom, "projectName": "Cells (copy)"}),
+        ] {
+            assert_eq!(
+                ExportOptions::parse_request(&body).unwrap(),
+                expected,
+                "{body}"
+            );
+        }
+        assert_eq!(
+            ExportOptions::parse_request(&json!({})).unwrap(),
+            ExportOptions::default()
+        );
+    }
+
+    #[test]
+    fn request_errors_name_the_field() {
+        let check = |raw: Value, field: &str| {
+            let err = ExportOptions::parse_request(&raw).unwrap_err();
+            assert_eq!(err.field, field, "{raw} -> {err}");
+        };
+        check(json!(null), "options");
+        check(json!({"options": []}), "options");
+        check(json!({"options": {}, "projectName": 7}), "projectName");
+        check(json!({"options": {}, "extra": true}), "extra");
+        // Without `options` it is the unwrapped shape, which has no `projectName`.
+        check(json!({"projectName": "Cells"}), "projectName");
+        check(
+            json!({"options": {"visualizationOptions": {"fontSize": 9}}}),
+            "visualizationOptions.fontSize",
+        );
     }
 
     #[test]
