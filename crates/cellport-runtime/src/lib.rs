@@ -1,9 +1,12 @@
 //! Process glue shared by Cellport's binaries: tracing setup, the shutdown signal, durations,
-//! secrets that never print, and a private redis-server child for the embedded single-host setup.
+//! secrets that never print, the token flags, and a private redis-server child for the
+//! embedded single-host setup.
 
+pub mod jwt;
 pub mod redis;
 pub mod secret;
 
+pub use jwt::{JwtArgs, TokenRules};
 pub use secret::{JwtSecret, Secret};
 
 use std::time::Duration;
