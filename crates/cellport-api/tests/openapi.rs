@@ -472,6 +472,7 @@ impl Api {
             redis_url: redis.url(),
             data_dir: data.path().to_owned(),
             jwt_secret: cellport_testkit::jwt_secret(),
+            token_rules: Default::default(),
             events_url: "ws://127.0.0.1:1/ws".into(),
             max_active_per_user: 10,
         };
