@@ -9,3 +9,4 @@ mod persistence;
 mod public_api;
 mod support;
 mod tidy;
+mod web_app_tokens;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cellport_api::{ApiConfig, JwtKeys};
+use cellport_api::{ApiConfig, JwtKeys, TokenRules};
 use cellport_core::{Project, UserId};
 use cellport_gateway::GatewayConfig;
 use cellport_io::FileProjectStore;
@@ -63,6 +63,8 @@ pub struct StackOptions {
     pub archive_ttl: Duration,
     /// WebSocket connections per user on each gateway of the stack.
     pub max_connections_per_user: usize,
+    /// What the api and the gateways require of a token; the stack's own tokens follow them.
+    pub token_rules: TokenRules,
 }
 
 impl Default for StackOptions {
@@ -73,6 +75,7 @@ impl Default for StackOptions {
             aof: false,
             archive_ttl: Duration::from_secs(3600),
             max_connections_per_user: cellport_gateway::DEFAULT_MAX_CONNECTIONS_PER_USER,
+            token_rules: TokenRules::default(),
         }
     }
 }
@@ -86,6 +89,7 @@ pub struct Stack {
     keys: JwtKeys,
     shutdown: CancellationToken,
     max_connections_per_user: usize,
+    token_rules: TokenRules,
 }
 
 impl Drop for Stack {
@@ -112,6 +116,7 @@ impl Stack {
             redis_url: redis.url(),
             data_dir: data.path().to_owned(),
             jwt_secret: jwt_secret(),
+            token_rules: options.token_rules.clone(),
             events_url: format!("ws://{gateway}/ws"),
             max_active_per_user: options.max_active_per_user,
         };
@@ -121,6 +126,7 @@ impl Stack {
         });
         let gateway_config = GatewayConfig {
             max_connections_per_user: options.max_connections_per_user,
+            token_rules: options.token_rules.clone(),
             ..GatewayConfig::new(redis.url(), jwt_secret())
         };
         let stop = shutdown.clone();
@@ -149,9 +155,10 @@ impl Stack {
             api,
             gateway,
             http: reqwest::Client::new(),
-            keys: JwtKeys::new(&jwt_secret()),
+            keys: JwtKeys::with_rules(&jwt_secret(), options.token_rules.clone()),
             shutdown,
             max_connections_per_user: options.max_connections_per_user,
+            token_rules: options.token_rules,
         };
         let http = stack.http.clone();
         let ready_url = stack.url("/readyz");
@@ -370,7 +377,16 @@ impl Stack {
 
     /// A WebSocket client of the gateway at `gateway`.
     pub async fn ws_at(&self, gateway: SocketAddr, user: &str) -> anyhow::Result<WsClient> {
-        let url = format!("ws://{gateway}/ws?token={}", self.token(user));
+        self.ws_with_token(gateway, &self.token(user)).await
+    }
+
+    /// A WebSocket client of the gateway at `gateway` that presents `token`, made elsewhere.
+    pub async fn ws_with_token(
+        &self,
+        gateway: SocketAddr,
+        token: &str,
+    ) -> anyhow::Result<WsClient> {
+        let url = format!("ws://{gateway}/ws?token={token}");
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .context("websocket connect")?;
@@ -388,6 +404,7 @@ impl Stack {
         let addr = listener.local_addr()?;
         let config = GatewayConfig {
             max_connections_per_user: self.max_connections_per_user,
+            token_rules: self.token_rules.clone(),
             ..GatewayConfig::new(self.redis.url(), jwt_secret())
         };
         let stop = self.shutdown.child_token();

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cellport_runtime::{JwtSecret, LogFormat, RedisArgs, init_tracing, shutdown_signal};
+use cellport_runtime::{JwtArgs, LogFormat, RedisArgs, init_tracing, shutdown_signal};
 use clap::Parser;
 
 use crate::{ApiConfig, run};
@@ -16,9 +16,8 @@ pub struct Args {
     /// Directory of projects and archives, shared with the workers
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// HS256 secret that tokens are verified with, at least 32 bytes, shared with the gateways
-    #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: JwtSecret,
+    #[command(flatten)]
+    jwt: JwtArgs,
     /// Address the HTTP API listens on
     #[arg(long, env = "CELLPORT_API_ADDR", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
@@ -46,7 +45,8 @@ impl Args {
         ApiConfig {
             redis_url: self.redis.redis_url,
             data_dir: self.data_dir,
-            jwt_secret: self.jwt_secret,
+            jwt_secret: self.jwt.jwt_secret,
+            token_rules: self.jwt.token_rules,
             events_url: self.events_url,
             max_active_per_user: self.max_active_exports_per_user,
         }
@@ -78,6 +78,31 @@ mod tests {
         assert!(
             printed.contains("jwt_secret: JwtSecret([redacted])"),
             "{printed}"
+        );
+    }
+
+    #[test]
+    fn the_web_apps_token_rules_come_from_the_jwt_flags() {
+        let config = Args::try_parse_from([
+            "cellport-api",
+            "--jwt-secret",
+            SECRET,
+            "--jwt-user-claim",
+            "userId",
+            "--jwt-issuer",
+            "cell-segmentation-api",
+            "--jwt-audience",
+            "cell-segmentation-app",
+        ])
+        .unwrap()
+        .config();
+        assert_eq!(
+            config.token_rules,
+            cellport_runtime::TokenRules {
+                user_claim: "userId".into(),
+                issuer: Some("cell-segmentation-api".into()),
+                audience: Some("cell-segmentation-app".into()),
+            }
         );
     }
 

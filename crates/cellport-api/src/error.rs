@@ -101,7 +101,11 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
         let code = match e {
             AuthError::Missing => "missing_token",
-            AuthError::Invalid(_) => "invalid_token",
+            AuthError::Invalid(_)
+            | AuthError::MissingUser(_)
+            | AuthError::MissingClaim(_)
+            | AuthError::WrongIssuer(_)
+            | AuthError::WrongAudience(_) => "invalid_token",
             AuthError::Expired => "token_expired",
             AuthError::Scoped(_) => "token_scoped",
         };

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use auth::{Caller, JwtKeys};
+pub use auth::{Caller, JwtKeys, TokenRules};
 pub use http_metrics::HttpMetrics;
 pub use waits::JobWaits;
 
@@ -38,6 +38,8 @@ pub struct ApiConfig {
     pub redis_url: String,
     pub data_dir: PathBuf,
     pub jwt_secret: JwtSecret,
+    /// What a token must carry (user claim, issuer, audience); also what minted tokens carry.
+    pub token_rules: TokenRules,
     /// Where clients open the event WebSocket, returned as `eventsUrl`.
     pub events_url: String,
     /// Exports one user may have pending or processing at once (429 past it).
@@ -93,7 +95,7 @@ impl AppState {
             store,
             source: Arc::new(FileProjectStore::new(&config.data_dir)),
             storage: Storage::new(&config.data_dir),
-            jwt: JwtKeys::new(&config.jwt_secret),
+            jwt: JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone()),
             events_url: config.events_url.clone(),
             max_active_per_user: config.max_active_per_user,
             http_metrics: HttpMetrics::default(),

@@ -83,8 +83,8 @@ impl Modify for SecuritySchemes {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "HS256 JWT with `sub` (user id) and `exp`; `role: \"admin\"` for admin \
-                         routes",
+                        "HS256 JWT with the user id (in `sub`, or the configured claim such as \
+                         the web app's `userId`) and `exp`; `role: \"admin\"` for admin routes",
                     ))
                     .build(),
             ),

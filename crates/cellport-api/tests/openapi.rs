@@ -481,6 +481,7 @@ impl Api {
             redis_url: redis.url(),
             data_dir: data.path().to_owned(),
             jwt_secret: cellport_testkit::jwt_secret(),
+            token_rules: Default::default(),
             events_url: "ws://127.0.0.1:1/ws".into(),
             // The agreement tests start many exports; the limit is not what they are about.
             max_active_per_user: 1000,

@@ -154,6 +154,8 @@ mod tests {
         let check = |s: &str, ok: bool| assert_eq!(s.parse::<UserId>().is_ok(), ok, "{s:?}");
         check("alice", true);
         check("user-42_a.b@example.com", true);
+        // The web app's user ids are UUID text.
+        check("3f6c1a52-8a4e-4c1e-9d7a-2b5f0c9e1d44", true);
         check("", false);
         check("..", false);
         check("a/b", false);

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use cellport_runtime::{JwtSecret, LogFormat, RedisArgs, init_tracing, shutdown_signal};
+use cellport_runtime::{JwtArgs, LogFormat, RedisArgs, init_tracing, shutdown_signal};
 use clap::Parser;
 
 use crate::{DEFAULT_MAX_CONNECTIONS_PER_USER, GatewayConfig, run};
@@ -16,9 +16,8 @@ use crate::{DEFAULT_MAX_CONNECTIONS_PER_USER, GatewayConfig, run};
 pub struct Args {
     #[command(flatten)]
     redis: RedisArgs,
-    /// HS256 secret that tokens are verified with, at least 32 bytes: the api's
-    #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: JwtSecret,
+    #[command(flatten)]
+    jwt: JwtArgs,
     /// Address the gateway listens on (/ws, /healthz, /metrics)
     #[arg(long, env = "CELLPORT_GATEWAY_ADDR", default_value = "127.0.0.1:8081")]
     addr: SocketAddr,
@@ -39,7 +38,8 @@ impl Args {
     fn config(self) -> GatewayConfig {
         GatewayConfig {
             redis_url: self.redis.redis_url,
-            jwt_secret: self.jwt_secret,
+            jwt_secret: self.jwt.jwt_secret,
+            token_rules: self.jwt.token_rules,
             max_connections_per_user: self.max_connections_per_user as usize,
         }
     }
@@ -70,6 +70,31 @@ mod tests {
         assert!(
             printed.contains("jwt_secret: JwtSecret([redacted])"),
             "{printed}"
+        );
+    }
+
+    #[test]
+    fn the_web_apps_token_rules_come_from_the_jwt_flags() {
+        let config = Args::try_parse_from([
+            "cellport-gateway",
+            "--jwt-secret",
+            SECRET,
+            "--jwt-user-claim",
+            "userId",
+            "--jwt-issuer",
+            "cell-segmentation-api",
+            "--jwt-audience",
+            "cell-segmentation-app",
+        ])
+        .unwrap()
+        .config();
+        assert_eq!(
+            config.token_rules,
+            cellport_runtime::TokenRules {
+                user_claim: "userId".into(),
+                issuer: Some("cell-segmentation-api".into()),
+                audience: Some("cell-segmentation-app".into()),
+            }
         );
     }
 

@@ -23,7 +23,7 @@ use axum::routing::get;
 use cellport_api::error::ApiError;
 use cellport_api::{Caller, JwtKeys};
 use cellport_core::{CancelReason, JobId, JobRecord, JobStatus, Phase, UserId};
-use cellport_runtime::JwtSecret;
+use cellport_runtime::{JwtSecret, TokenRules};
 use cellport_store::events::decode_message;
 use cellport_store::{CancelError, EventSubscriber, Store};
 use futures::{SinkExt, StreamExt};
@@ -66,16 +66,19 @@ const MAX_CLIENT_MESSAGE: usize = 128 * 1024;
 pub struct GatewayConfig {
     pub redis_url: String,
     pub jwt_secret: JwtSecret,
+    /// What a token must carry (user claim, issuer, audience): the api's.
+    pub token_rules: TokenRules,
     /// WebSocket connections one user may hold on this gateway; the next upgrade gets 429.
     pub max_connections_per_user: usize,
 }
 
 impl GatewayConfig {
-    /// Defaults for everything but where Redis is and the secret.
+    /// Defaults for everything but where Redis is and the secret (tokens name the user in `sub`).
     pub fn new(redis_url: impl Into<String>, jwt_secret: JwtSecret) -> GatewayConfig {
         GatewayConfig {
             redis_url: redis_url.into(),
             jwt_secret,
+            token_rules: TokenRules::default(),
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
         }
     }
@@ -104,7 +107,7 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let jwt = JwtKeys::new(&config.jwt_secret);
+    let jwt = JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone());
     let store = Store::connect(&config.redis_url).await?;
     let subscriber = EventSubscriber::connect(&config.redis_url).await?;
     let hub = Arc::new(Hub::default());

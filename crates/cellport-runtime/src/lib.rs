@@ -1,12 +1,14 @@
 //! Process glue shared by Cellport's binaries: tracing setup, the shutdown signal, durations,
-//! secrets that never print, and private redis-server and PostgreSQL children for the embedded
-//! single-host setup and tests.
+//! secrets that never print, the token flags, and private redis-server and PostgreSQL children
+//! for the embedded single-host setup and tests.
 
+pub mod jwt;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod redis;
 pub mod secret;
 
+pub use jwt::{JwtArgs, TokenRules};
 pub use secret::{JwtSecret, Secret};
 
 use std::time::Duration;

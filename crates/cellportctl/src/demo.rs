@@ -9,7 +9,7 @@ use cellport_api::JwtKeys;
 use cellport_io::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
-use cellport_runtime::{JwtSecret, RedisArgs};
+use cellport_runtime::{JwtSecret, RedisArgs, TokenRules};
 use clap::Args;
 use serde_json::json;
 
@@ -50,6 +50,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         redis_dir: None,
         data_dir: data_dir.clone(),
         jwt_secret: secret.clone(),
+        token_rules: TokenRules::default(),
         api_addr: loopback,
         gateway_addr: loopback,
         workers: 2,

@@ -16,8 +16,8 @@ use cellport_core::{ProjectId, UserId};
 use cellport_io::{FileProjectStore, ProjectSource};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_runtime::{
-    JwtSecret, LogFormat, RedisArgs, Secret, init_tracing_with_default, parse_duration,
-    shutdown_signal,
+    JwtArgs, JwtSecret, LogFormat, RedisArgs, Secret, TokenRules, init_tracing_with_default,
+    parse_duration, shutdown_signal,
 };
 use cellport_store::Store;
 use clap::{Args, Parser, Subcommand};
@@ -43,7 +43,7 @@ enum Command {
     Project(ProjectCommand),
     /// Print a JWT for a user
     Token {
-        /// User the token is for (its sub claim)
+        /// User the token is for (put in the --jwt-user-claim claim)
         #[arg(long)]
         user: UserId,
         /// Give the token the admin role (queue stats)
@@ -52,9 +52,9 @@ enum Command {
         /// How long the token is valid (e.g. 30m, 1h, 7d)
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
-        /// HS256 secret to sign with: the services' CELLPORT_JWT_SECRET, at least 32 bytes
-        #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: JwtSecret,
+        // The services' own secret and rules, so the token carries the claims they require.
+        #[command(flatten)]
+        jwt: JwtArgs,
     },
     /// Run the api, a gateway and workers in this process (the single-host setup)
     Serve(ServeArgs),
@@ -122,6 +122,8 @@ struct ServeArgs {
     /// HS256 secret for tokens, at least 32 bytes [default: generated and printed]
     #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<JwtSecret>,
+    #[command(flatten)]
+    token_rules: TokenRules,
     /// Address the HTTP API listens on
     #[arg(long, env = "CELLPORT_API_ADDR", default_value = "127.0.0.1:8080")]
     api_addr: SocketAddr,
@@ -203,9 +205,10 @@ async fn main() -> anyhow::Result<()> {
             user,
             admin,
             ttl,
-            jwt_secret,
+            jwt,
         } => {
-            println!("{}", JwtKeys::new(&jwt_secret).mint(&user, admin, ttl));
+            let keys = JwtKeys::with_rules(&jwt.jwt_secret, jwt.token_rules);
+            println!("{}", keys.mint(&user, admin, ttl));
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
@@ -304,6 +307,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         redis_dir: Some(args.data_dir.join("redis")),
         data_dir: args.data_dir,
         jwt_secret: secret,
+        token_rules: args.token_rules,
         api_addr: args.api_addr,
         gateway_addr: args.gateway_addr,
         workers: args.workers,

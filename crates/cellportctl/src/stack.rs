@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use cellport_api::ApiConfig;
 use cellport_gateway::GatewayConfig;
-use cellport_runtime::JwtSecret;
 use cellport_runtime::redis::{RedisOptions, RedisServer};
+use cellport_runtime::{JwtSecret, TokenRules};
 use cellport_store::Store;
 use cellport_worker::{WorkerConfig, default_worker_name};
 use tokio::net::TcpListener;
@@ -26,6 +26,8 @@ pub struct StackConfig {
     pub redis_dir: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub jwt_secret: JwtSecret,
+    /// What the api and the gateway require of a token.
+    pub token_rules: TokenRules,
     pub api_addr: SocketAddr,
     pub gateway_addr: SocketAddr,
     pub workers: usize,
@@ -91,6 +93,7 @@ impl LocalStack {
             redis_url: redis_url.clone(),
             data_dir: config.data_dir.clone(),
             jwt_secret: config.jwt_secret.clone(),
+            token_rules: config.token_rules.clone(),
             events_url: format!("ws://{gateway}/ws"),
             max_active_per_user: config.max_active_per_user,
         };
@@ -101,6 +104,7 @@ impl LocalStack {
         )));
         let gateway_config = GatewayConfig {
             max_connections_per_user: config.max_connections_per_user,
+            token_rules: config.token_rules.clone(),
             ..GatewayConfig::new(redis_url.clone(), config.jwt_secret.clone())
         };
         tasks.push(tokio::spawn(cellport_gateway::run(
