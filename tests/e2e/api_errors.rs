@@ -85,7 +85,7 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(error_of(bad_token).await.1["code"], "invalid_token");
-    let forged = cellport_api::JwtKeys::new(&cellport_testkit::JwtSecret::new(
+    let forged = cellport_http::JwtKeys::new(&cellport_testkit::JwtSecret::new(
         "not-the-services-secret-but-as-long-as-one",
     )?)
     .mint(&"alice".parse()?, false, Duration::from_secs(60));

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cellport_api::{ApiConfig, JwtKeys, TokenRules};
+use cellport_api::ApiConfig;
 use cellport_core::{Project, UserId};
 use cellport_gateway::GatewayConfig;
+use cellport_http::JwtKeys;
+use cellport_http::TokenRules;
 use cellport_io::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};

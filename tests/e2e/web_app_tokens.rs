@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cellport_api::TokenRules;
+use cellport_http::TokenRules;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::io::ReaderStream;
 use tokio_util::task::TaskTracker;
 
-use crate::error::ApiError;
+use cellport_http::error::ApiError;
 
 /// At most this many download-phase progress events per second per download.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);

@@ -1,10 +1,8 @@
 //! The HTTP API: thin and stateless. It validates, authorizes, enqueues, answers status
 //! and streams downloads; job state lives in Redis, archives in storage.
 
-pub mod auth;
 pub mod cli;
 mod download;
-pub mod error;
 mod http_metrics;
 pub mod openapi;
 mod ops;
@@ -17,8 +15,10 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::{Router, middleware};
+use cellport_http::JwtKeys;
 use cellport_io::{FileProjectStore, ProjectSource, Storage};
 use cellport_runtime::JwtSecret;
+use cellport_runtime::TokenRules;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,6 @@ use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use auth::{Caller, JwtKeys, TokenRules};
 pub use http_metrics::HttpMetrics;
 pub use waits::JobWaits;
 

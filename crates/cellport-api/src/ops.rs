@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use crate::AppState;
-use crate::auth::Caller;
-use crate::error::ApiError;
 use crate::openapi::{ErrorBody, QueueStats};
+use cellport_http::auth::Caller;
+use cellport_http::error::ApiError;
 
 const STATUSES: [&str; 5] = ["pending", "processing", "completed", "failed", "cancelled"];
 

@@ -22,12 +22,12 @@ use time::format_description::well_known::Rfc3339;
 use tokio::time::Instant;
 
 use crate::AppState;
-use crate::auth::{Caller, ScopedCaller, download_scope};
 use crate::download;
-use crate::error::ApiError;
 use crate::openapi::{
     self, DownloadToken, ErrorBody, ExportAccepted, HistoryPage, ImagesPage, StartExportBody,
 };
+use cellport_http::auth::{Caller, ScopedCaller, download_scope};
+use cellport_http::error::ApiError;
 
 /// What a 429 tells the client to wait before trying again.
 const RETRY_AFTER_SECS: u64 = 15;
@@ -511,7 +511,7 @@ pub(crate) async fn download(
     if let Ok(id) = job.parse::<JobId>()
         && !caller.allows(&download_scope(id))
     {
-        return Err(ApiError::from(crate::auth::AuthError::Scoped(
+        return Err(ApiError::from(cellport_http::auth::AuthError::Scoped(
             caller.scope.unwrap_or_default(),
         )));
     }

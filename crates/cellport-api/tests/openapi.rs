@@ -10,10 +10,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use cellport_api::openapi::openapi_json;
-use cellport_api::{ApiConfig, AppState, JwtKeys, router};
+use cellport_api::{ApiConfig, AppState, router};
 use cellport_core::{
     ExportJob, ExportOptions, ImageId, JobStatus, Phase, TaskProgress, TaskStatus,
 };
+use cellport_http::JwtKeys;
 use cellport_io::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cellport_api::JwtKeys;
 use cellport_core::{JobId, UserId};
+use cellport_http::JwtKeys;
 use cellport_store::{Envelope, Store};
 use cellport_testkit::{RedisOptions, RedisServer, wait_until};
 use futures::StreamExt;

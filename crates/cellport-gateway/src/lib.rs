@@ -20,9 +20,9 @@ use axum::extract::{FromRef, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cellport_api::error::ApiError;
-use cellport_api::{Caller, JwtKeys};
 use cellport_core::{CancelReason, JobId, JobRecord, JobStatus, Phase, UserId};
+use cellport_http::ApiError;
+use cellport_http::{Caller, JwtKeys};
 use cellport_runtime::{JwtSecret, TokenRules};
 use cellport_store::events::decode_message;
 use cellport_store::{CancelError, EventSubscriber, Store};
@@ -157,7 +157,7 @@ async fn readyz(State(state): State<GatewayState>) -> Response {
     if state.store.ping().await {
         "ready".into_response()
     } else {
-        cellport_api::error::ApiError::new(
+        cellport_http::ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "redis does not answer",

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cellport_api::JwtKeys;
 use cellport_core::{ProjectId, UserId};
+use cellport_http::JwtKeys;
 use cellport_io::{FileProjectStore, ProjectSource};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_runtime::{

@@ -3,7 +3,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use cellport_api::{ApiConfig, JwtKeys};
+use cellport_api::ApiConfig;
+use cellport_http::JwtKeys;
 use cellport_io::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
