@@ -7,7 +7,7 @@
 //! write the same file. The job record names the archive that counts.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cellport_core::JobId;
 use tokio::fs::File;
@@ -228,13 +228,22 @@ impl Staging {
         self.dir.join(name)
     }
 
+    /// A temp name beside `path` that no other writer uses: a stale attempt that wakes up
+    /// mid-item writes the same staged file as the attempt that took over, and each must
+    /// rename its own temp file.
+    pub fn temp_path(path: &Path) -> PathBuf {
+        let mut name = path.file_name().unwrap_or_default().to_owned();
+        name.push(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+        path.with_file_name(name)
+    }
+
     /// Writes a staged file atomically.
     pub async fn write(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let path = self.path(name);
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
-        let tmp = path.with_extension("tmp");
+        let tmp = Staging::temp_path(&path);
         tokio::fs::write(&tmp, bytes).await?;
         tokio::fs::rename(&tmp, &path).await
     }
@@ -266,6 +275,33 @@ impl Staging {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_writers_of_one_staged_file_both_succeed() {
+        // A stale attempt woken mid-item and the attempt that took over stage the same file.
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Storage::new(dir.path()).staging(JobId::new());
+        let writer = |bytes: &'static [u8]| {
+            let staging = staging.clone();
+            tokio::spawn(async move {
+                for _ in 0..300 {
+                    staging.write("items/a.json", bytes).await?;
+                }
+                io::Result::Ok(())
+            })
+        };
+        let (a, b) = (writer(b"{\"a\":1}"), writer(b"{\"a\":1}"));
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        let read = staging.read("items/a.json").await.unwrap();
+        assert_eq!(read.as_deref(), Some(&b"{\"a\":1}"[..]));
+        let mut left = tokio::fs::read_dir(staging.path("items")).await.unwrap();
+        let mut names = Vec::new();
+        while let Some(entry) = left.next_entry().await.unwrap() {
+            names.push(entry.file_name());
+        }
+        assert_eq!(names, ["a.json"], "no temp file is left behind");
+    }
 
     #[tokio::test]
     async fn the_inventory_names_each_file_by_its_job_and_attempt() {

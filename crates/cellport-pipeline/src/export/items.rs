@@ -15,6 +15,8 @@ use crate::formats::json::{SegmentationImage, segmentation_image};
 use crate::formats::yolo::yolo_label;
 use crate::geometry::prepare_image_with_hole_parents;
 use crate::metrics::{MetricsRow, measure_image};
+use cellport_io::Staging;
+
 use crate::names::ImageEntryName;
 use crate::visualize::{decode_for_display_from, encode_png, render_visualization_in_place};
 use cellport_io::source::SourceError;
@@ -157,7 +159,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = Staging::temp_path(path);
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

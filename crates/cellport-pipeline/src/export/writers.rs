@@ -74,6 +74,9 @@ fn write_documents(
     created: OffsetDateTime,
     project_name: &str,
 ) -> Result<Documents, ExportError> {
+    // Each attempt builds its documents in a directory of its own: a stale attempt still
+    // writing must not interleave its bytes with the attempt that took the job over.
+    let docs = format!("docs/{}", uuid::Uuid::new_v4().simple());
     let formats = &options.annotation_formats;
     let scale = options.pixel_to_micrometer_scale;
     let mut files = Vec::new();
@@ -98,7 +101,7 @@ fn write_documents(
                     height: img.height,
                 });
         Some(CocoWriter::start(
-            create(&staging.path("docs/coco.json"))?,
+            create(&staging.path(&format!("{docs}/coco.json")))?,
             &info,
             coco_images,
         )?)
@@ -112,7 +115,7 @@ fn write_documents(
             image_count: images.len() as u64,
         };
         Some(SegmentationJsonWriter::start(
-            create(&staging.path("docs/segmentation.json"))?,
+            create(&staging.path(&format!("{docs}/segmentation.json")))?,
             &metadata,
         )?)
     } else {
@@ -121,7 +124,7 @@ fn write_documents(
     let metrics_formats = &options.metrics_formats;
     let mut csv = if metrics_formats.contains(&MetricsFormat::Csv) {
         Some(MetricsCsvWriter::start(
-            create(&staging.path("docs/metrics.csv"))?,
+            create(&staging.path(&format!("{docs}/metrics.csv")))?,
             scale,
         )?)
     } else {
@@ -129,7 +132,7 @@ fn write_documents(
     };
     let mut metrics_json = if metrics_formats.contains(&MetricsFormat::Json) {
         Some(MetricsJsonWriter::start(
-            create(&staging.path("docs/metrics.json"))?,
+            create(&staging.path(&format!("{docs}/metrics.json")))?,
             scale,
         )?)
     } else {
@@ -154,7 +157,7 @@ fn write_documents(
             }
         }
         if let Some(label) = &staged.yolo {
-            let staged_name = format!("docs/yolo/{}.txt", image.id);
+            let staged_name = format!("{docs}/yolo/{}.txt", image.id);
             create(&staging.path(&staged_name))?.write_all(label.as_bytes())?;
             yolo_files.push((
                 format!("annotations/yolo/labels/{}.txt", name.stem),
@@ -166,14 +169,15 @@ fn write_documents(
         writer.finish()?.flush()?;
         files.push((
             "annotations/coco/annotations.json".to_owned(),
-            "docs/coco.json".to_owned(),
+            format!("{docs}/coco.json"),
         ));
     }
     if formats.contains(&AnnotationFormat::Yolo) {
-        create(&staging.path("docs/yolo/data.yaml"))?.write_all(yolo_data_yaml().as_bytes())?;
+        create(&staging.path(&format!("{docs}/yolo/data.yaml")))?
+            .write_all(yolo_data_yaml().as_bytes())?;
         files.push((
             "annotations/yolo/data.yaml".to_owned(),
-            "docs/yolo/data.yaml".to_owned(),
+            format!("{docs}/yolo/data.yaml"),
         ));
         files.extend(yolo_files);
     }
@@ -181,11 +185,11 @@ fn write_documents(
         writer.finish()?.flush()?;
         files.push((
             "annotations/json/segmentation_data.json".to_owned(),
-            "docs/segmentation.json".to_owned(),
+            format!("{docs}/segmentation.json"),
         ));
     }
     if metrics_formats.contains(&MetricsFormat::Excel) {
-        let path = staging.path("docs/metrics.xlsx");
+        let path = staging.path(&format!("{docs}/metrics.xlsx"));
         let mut failed = None;
         let rows = images
             .iter()
@@ -202,21 +206,21 @@ fn write_documents(
         }
         files.push((
             "metrics/metrics.xlsx".to_owned(),
-            "docs/metrics.xlsx".to_owned(),
+            format!("{docs}/metrics.xlsx"),
         ));
     }
     if let Some(writer) = csv {
         writer.finish()?.flush()?;
         files.push((
             "metrics/metrics.csv".to_owned(),
-            "docs/metrics.csv".to_owned(),
+            format!("{docs}/metrics.csv"),
         ));
     }
     if let Some(writer) = metrics_json {
         writer.finish()?.flush()?;
         files.push((
             "metrics/metrics.json".to_owned(),
-            "docs/metrics.json".to_owned(),
+            format!("{docs}/metrics.json"),
         ));
     }
     Ok(Documents { files, warnings })
