@@ -351,3 +351,46 @@ async fn every_route_answers_in_time_while_redis_is_stopped() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_at_once_when_the_api_shuts_down() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        worker: false,
+        ..StackOptions::default()
+    })
+    .await?;
+    let (project, _) = stack.import_synthetic("alice", tiny(1)).await?;
+    let project = project.id.as_str();
+    let job = stack.post_export("alice", project, json!({})).await?;
+    let url = stack.url(&format!(
+        "/api/projects/{project}/export/{job}/status?after=1000&waitMs=30000"
+    ));
+    let poll = stack
+        .http
+        .get(url)
+        .bearer_auth(stack.token("alice"))
+        // Well under the 30 s the poll would otherwise wait: a drain must not wait it out.
+        .timeout(Duration::from_secs(10))
+        .send();
+    let (response, ()) = tokio::join!(poll, async {
+        // The drain begins once the poll is parked on the job's notification.
+        let parked = cellport_testkit::wait_until(Duration::from_secs(10), || async {
+            let text = stack
+                .get("alice", "/metrics")
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines().any(|l| l == "cellport_http_long_poll_jobs 1")
+        })
+        .await;
+        assert!(parked, "the long-poll never parked");
+        stack.stop_services();
+    });
+    let response = response.map_err(|e| anyhow::anyhow!("the long-poll held the drain: {e}"))?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let status: Value = response.json().await?;
+    assert_eq!(status["status"], "pending", "the state as it is");
+    Ok(())
+}

@@ -101,6 +101,11 @@ impl Drop for Stack {
 }
 
 impl Stack {
+    /// Starts the services' graceful shutdown, as a SIGTERM would (Redis keeps running).
+    pub fn stop_services(&self) {
+        self.shutdown.cancel();
+    }
+
     pub async fn start(options: StackOptions) -> anyhow::Result<Stack> {
         let redis = RedisServer::start(RedisOptions {
             aof: options.aof,

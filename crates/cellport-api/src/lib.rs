@@ -59,6 +59,8 @@ pub struct AppState {
     pub waits: Arc<JobWaits>,
     /// Requests this instance answered, for `/metrics`.
     pub http_metrics: HttpMetrics,
+    /// Cancelled when the server starts draining: long-polls answer at once.
+    pub shutting_down: CancellationToken,
     /// Work a request leaves running after its answer (a download's last progress commit),
     /// waited for by [`AppState::close`].
     pub background: TaskTracker,
@@ -99,6 +101,7 @@ impl AppState {
             max_active_per_user: config.max_active_per_user,
             http_metrics: HttpMetrics::default(),
             background: TaskTracker::new(),
+            shutting_down: CancellationToken::new(),
         })
     }
 
@@ -163,8 +166,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = AppState::connect(&config).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
+    let draining = state.shutting_down.clone();
     let served = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            draining.cancel();
+        })
         .await;
     state.close().await;
     Ok(served?)

@@ -75,7 +75,7 @@ pub(crate) async fn queue_stats(
 
 /// Prometheus text (OpenMetrics): the fleet's counters from Redis, and the requests this
 /// instance answered. Unauthenticated, like every scrape target: it holds counts only, no job
-/// or user data. With Redis down (or slower than 1.5 s) it still answers, with
+/// or user data. With Redis down (or slower than the store's 800 ms command timeout) it still answers, with
 /// `cellport_redis_up 0` and the request counts (the 503s of the outage among them), so the
 /// scrape keeps its history. Scrape every instance: the fleet series are the same on each
 /// (aggregate them with `max`), the `cellport_http_*` series are the instance's own (`sum`).
@@ -86,7 +86,7 @@ pub(crate) async fn queue_stats(
     summary = "Prometheus metrics",
     description = "Fleet (from Redis): queue depth, jobs by status, job durations, items \
         processed, events published, workers alive. This instance: HTTP requests by route and \
-        status, and their durations. `cellport_redis_up` is 0, and the fleet metrics absent, \
+        status, and their durations, and the jobs a long-poll waits on. `cellport_redis_up` is 0, and the fleet metrics absent, \
         while Redis does not answer.",
     responses(
         (status = 200, description = "OpenMetrics text", body = String,
@@ -109,6 +109,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     if let Ok(stats) = fleet {
         registry.register_collector(Box::new(FleetCollector(stats)));
     }
+    registry.register(
+        "cellport_http_long_poll_jobs",
+        "Jobs this instance has a status long-poll waiting on",
+        ConstGauge::new(state.waits.len() as i64),
+    );
     state.http_metrics.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)

@@ -345,7 +345,11 @@ pub(crate) async fn export_status(
     while current.seq <= after {
         tokio::select! {
             _ = changed.as_mut() => {}
+            // Shutdown answers the state as it is: a long-poll never holds a drain open.
             _ = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(load_visible(&state, current.id).await?));
+            }
+            _ = state.shutting_down.cancelled() => {
                 return Ok(Json(load_visible(&state, current.id).await?));
             }
         }

@@ -50,6 +50,10 @@ const PUBSUB_BUFFER: usize = 16 * 1024;
 /// it keeps each route, `/readyz` among them, answering within a second while Redis is down.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// The bound for a worker's commands: nobody waits on them, and a checkpoint or commit that
+/// fails on a Redis pause (an fsync, a fork) costs the job one of its attempts.
+pub const WORKER_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A client builder that reconnects forever with backoff (100 ms doubling to 2 s).
 pub(crate) fn builder(url: &str) -> Result<Builder, StoreError> {
     builder_with_timeout(url, COMMAND_TIMEOUT)
@@ -80,6 +84,7 @@ pub(crate) fn builder_with_timeout(
 pub struct Store {
     client: Client,
     url: String,
+    command_timeout: Duration,
     scripts: jobs::Scripts,
 }
 
@@ -90,13 +95,24 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects to Redis. Fails when Redis does not answer now; later outages are ridden out by reconnecting.
+    /// Connects to Redis with [`COMMAND_TIMEOUT`]. Fails when Redis does not answer now; later
+    /// outages are ridden out by reconnecting.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        let client = builder(url)?.build()?;
+        Store::connect_with_timeout(url, COMMAND_TIMEOUT).await
+    }
+
+    /// [`Store::connect`] with another bound on each command (the workers use
+    /// [`WORKER_COMMAND_TIMEOUT`]).
+    pub async fn connect_with_timeout(
+        url: &str,
+        command_timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let client = builder_with_timeout(url, command_timeout)?.build()?;
         client.init().await?;
         Ok(Store {
             client,
             url: url.to_owned(),
+            command_timeout,
             scripts: jobs::Scripts::new(),
         })
     }
@@ -104,6 +120,11 @@ impl Store {
     /// The Redis URL this store talks to; workers open their own blocking connection to it.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// How long one of this store's commands may take.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
     }
 
     /// Whether Redis answers right now (readiness).

@@ -448,7 +448,7 @@ impl<Args> JobQueue<Args> {
     pub async fn consumer(store: Store, config: QueueConfig) -> Result<JobQueue<Args>, StoreError> {
         // A blocking read waits `block` on Redis before it answers.
         let blocking =
-            builder_with_timeout(store.url(), config.block + crate::COMMAND_TIMEOUT)?.build()?;
+            builder_with_timeout(store.url(), config.block + store.command_timeout())?.build()?;
         blocking.init().await?;
         Ok(Self::with(store, Some(blocking), config))
     }

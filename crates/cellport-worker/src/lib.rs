@@ -109,7 +109,7 @@ pub fn default_worker_name() -> String {
 
 async fn connect_with_retry(url: &str, shutdown: &CancellationToken) -> anyhow::Result<Store> {
     loop {
-        match Store::connect(url).await {
+        match Store::connect_with_timeout(url, cellport_store::WORKER_COMMAND_TIMEOUT).await {
             Ok(store) => return Ok(store),
             Err(e) => tracing::warn!(error = %e, "redis not reachable yet, retrying"),
         }

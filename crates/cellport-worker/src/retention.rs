@@ -34,7 +34,9 @@ pub(crate) async fn sweep_forever(
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
-    let mut leftovers_due = tokio::time::Instant::now();
+    // The first listing waits a full interval: a fleet starting together does not list the
+    // storage at once, and a test planting leftovers is never raced by a startup round.
+    let mut leftovers_due = tokio::time::Instant::now() + housekeeping.leftovers_every;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

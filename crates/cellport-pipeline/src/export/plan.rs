@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use cellport_core::progress::{PlannedTask, ProgressSnapshot, ProgressTracker};
 use cellport_core::{ExportOptions, ImageRecord};
 
+use super::items::StagedImage;
 use super::{
     Checkpoints, ExportInput, ProgressSink, TASK_ANNOTATIONS, TASK_ARCHIVE, TASK_METRICS,
     TASK_VISUALIZATIONS,
@@ -182,10 +183,7 @@ pub async fn plan_export(
     let mut reused = 0;
     let mut todo = Vec::new();
     for (index, image) in input.images.iter().enumerate() {
-        let staged = checkpoints.is_done(&item_key(image))
-            && staging.exists(&staged_item_name(image)).await
-            && (!input.options.include_visualizations
-                || staging.exists(&staged_viz_name(image)).await);
+        let staged = checkpoints.is_done(&item_key(image)) && is_staged(staging, image).await;
         if staged {
             reused += 1;
             for (task, cost) in item_tasks.iter().zip(item_costs(image, input.options)) {
@@ -204,6 +202,18 @@ pub async fn plan_export(
         names,
         todo,
         reused,
+    }
+}
+
+/// Whether an item's staged outputs are all there: its staged record, and its visualization
+/// unless it has none (an unreadable image is finished without one).
+async fn is_staged(staging: &Staging, image: &ImageRecord) -> bool {
+    let Ok(Some(bytes)) = staging.read(&staged_item_name(image)).await else {
+        return false;
+    };
+    match serde_json::from_slice::<StagedImage>(&bytes) {
+        Ok(item) => !item.has_visualization || staging.exists(&staged_viz_name(image)).await,
+        Err(_) => false,
     }
 }
 
@@ -230,5 +240,52 @@ impl<'a> Reporter<'a> {
         change(&mut tracker);
         let (snapshot, boundary) = tracker.report(self.started.elapsed());
         self.sink.report(snapshot, boundary);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cellport_core::JobId;
+    use cellport_io::Storage;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_item_staged_without_a_visualization_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Storage::new(dir.path()).staging(JobId::new());
+        let image = ImageRecord {
+            id: "7".parse().unwrap(),
+            name: "broken.tif".into(),
+            width: 8,
+            height: 8,
+            size_bytes: 10,
+            polygons: Vec::new(),
+        };
+        assert!(!is_staged(&staging, &image).await, "nothing staged yet");
+        let stage = |has_visualization| {
+            serde_json::to_vec(&StagedImage {
+                has_visualization,
+                ..StagedImage::default()
+            })
+            .unwrap()
+        };
+        // An unreadable image is finished with no visualization: a resume reuses it.
+        staging
+            .write(&staged_item_name(&image), &stage(false))
+            .await
+            .unwrap();
+        assert!(is_staged(&staging, &image).await);
+        // One that has a visualization is reused only once the visualization is there too.
+        staging
+            .write(&staged_item_name(&image), &stage(true))
+            .await
+            .unwrap();
+        assert!(!is_staged(&staging, &image).await);
+        staging
+            .write(&staged_viz_name(&image), b"png")
+            .await
+            .unwrap();
+        assert!(is_staged(&staging, &image).await);
     }
 }
