@@ -51,13 +51,7 @@ async fn start(store: &Store, job: JobId) -> anyhow::Result<JobRecord> {
     let (record, _) = store
         .update_job(job, None, None, |r| {
             r.job
-                .start(
-                    &ProgressSnapshot {
-                        items_total: 10,
-                        ..ProgressSnapshot::default()
-                    },
-                    now,
-                )
+                .start(&ProgressSnapshot::nothing_done_of(10), now)
                 .map(Some)
         })
         .await?;
@@ -464,13 +458,7 @@ async fn a_resume_naming_more_jobs_than_an_outbox_holds_gets_them_all() -> anyho
         let (started, _) = store
             .update_job(record.job.id, None, None, |r| {
                 r.job
-                    .start(
-                        &ProgressSnapshot {
-                            items_total: 1,
-                            ..ProgressSnapshot::default()
-                        },
-                        now,
-                    )
+                    .start(&ProgressSnapshot::nothing_done_of(1), now)
                     .map(Some)
             })
             .await?;

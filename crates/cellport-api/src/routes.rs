@@ -341,15 +341,20 @@ pub(crate) async fn export_status(
     // Armed before each read: a change between the read and the wait still wakes it.
     let mut changed = Box::pin(waiter.notify().notified());
     changed.as_mut().enable();
+    // The wait ends at the deadline, or at once when the api starts draining: a long-poll
+    // never holds a shutdown open. Either way it answers the state as it is.
+    let give_up = async {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.shutting_down.cancelled() => {}
+        }
+    };
+    tokio::pin!(give_up);
     let mut current = visible_job(&state, &caller, &project, &job).await?.job;
     while current.seq <= after {
         tokio::select! {
             _ = changed.as_mut() => {}
-            // Shutdown answers the state as it is: a long-poll never holds a drain open.
-            _ = tokio::time::sleep_until(deadline) => {
-                return Ok(Json(load_visible(&state, current.id).await?));
-            }
-            _ = state.shutting_down.cancelled() => {
+            _ = &mut give_up => {
                 return Ok(Json(load_visible(&state, current.id).await?));
             }
         }
@@ -783,15 +788,7 @@ pub(crate) async fn healthz() -> &'static str {
     ),
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.store.ping().await {
-        Ok("ready")
-    } else {
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "redis does not answer",
-        ))
-    }
+    cellport_http::health::readiness(&state.store).await
 }
 
 pub(crate) async fn fallback() -> ApiError {

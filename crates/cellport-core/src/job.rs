@@ -418,13 +418,6 @@ mod tests {
     use super::*;
     use JobStatus::*;
 
-    fn items(n: u64) -> ProgressSnapshot {
-        ProgressSnapshot {
-            items_total: n,
-            ..ProgressSnapshot::default()
-        }
-    }
-
     #[test]
     fn transition_table() {
         let all = [Pending, Processing, Completed, Failed, Cancelled];
@@ -463,7 +456,7 @@ mod tests {
     fn terminal_jobs_refuse_every_later_change() {
         let now = OffsetDateTime::UNIX_EPOCH;
         let mut j = job();
-        j.start(&items(3), now).unwrap();
+        j.start(&ProgressSnapshot::nothing_done_of(3), now).unwrap();
         j.cancel(CancelReason::UserCancelled, now).unwrap();
         assert!(j.complete(1, "u".into(), now, now).is_err());
         assert!(j.fail("x".into(), now).is_err());
@@ -476,7 +469,7 @@ mod tests {
     fn completion_is_exactly_eighty_percent() {
         let now = OffsetDateTime::UNIX_EPOCH;
         let mut j = job();
-        j.start(&items(3), now).unwrap();
+        j.start(&ProgressSnapshot::nothing_done_of(3), now).unwrap();
         let ev = j.complete(10, "/d".into(), now, now).unwrap();
         assert_eq!(j.progress, 80.0);
         assert_eq!(j.phase, Phase::Downloading);
@@ -490,7 +483,7 @@ mod tests {
         let now = OffsetDateTime::UNIX_EPOCH;
         let mut j = job();
         assert!(j.download_progress(0.5, now).is_none(), "not completed yet");
-        j.start(&items(3), now).unwrap();
+        j.start(&ProgressSnapshot::nothing_done_of(3), now).unwrap();
         j.complete(10, "/d".into(), now, now).unwrap();
         let ev = j.download_progress(0.5, now).unwrap();
         assert_eq!(ev.name(), "export:progress");

@@ -28,6 +28,14 @@ pub struct ProgressSnapshot {
 }
 
 impl ProgressSnapshot {
+    /// Nothing done yet of `items_total` items (an attempt with no plan of its own to show).
+    pub fn nothing_done_of(items_total: u64) -> ProgressSnapshot {
+        ProgressSnapshot {
+            items_total,
+            ..ProgressSnapshot::default()
+        }
+    }
+
     /// Overall progress on the 0–100 bar (processing only reaches 80).
     pub fn overall(&self) -> f64 {
         (self.fraction * PROCESSING_SHARE).clamp(0.0, PROCESSING_SHARE)

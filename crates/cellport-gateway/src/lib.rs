@@ -25,7 +25,7 @@ use cellport_http::ApiError;
 use cellport_http::{Caller, JwtKeys};
 use cellport_runtime::{JwtSecret, TokenRules};
 use cellport_store::events::decode_message;
-use cellport_store::{CancelError, EventSubscriber, Store};
+use cellport_store::{EventSubscriber, Store};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -151,19 +151,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Readiness: Redis answers within the store's command timeout, so a probe gets its answer
-/// within a second either way.
-async fn readyz(State(state): State<GatewayState>) -> Response {
-    if state.store.ping().await {
-        "ready".into_response()
-    } else {
-        cellport_http::ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "redis does not answer",
-        )
-        .into_response()
-    }
+async fn readyz(State(state): State<GatewayState>) -> Result<&'static str, ApiError> {
+    cellport_http::health::readiness(&state.store).await
 }
 
 /// Forwards every event from Redis to the hub until `stop`. After a reconnect (or when this
@@ -433,9 +422,11 @@ impl Connection {
             .await
         {
             Ok(_) => Reply::Nothing,
-            Err(e @ CancelError::Ended(_)) => refuse("invalid_state", e.to_string()),
-            Err(CancelError::NotFound) => refuse("not_found", "export not found".into()),
-            Err(e) => refuse("unavailable", format!("storage is unavailable: {e}")),
+            // The same answer the REST cancel gives.
+            Err(e) => {
+                let e = ApiError::from(e);
+                refuse(e.code, e.message)
+            }
         }
     }
 }

@@ -4,9 +4,11 @@
 //! * [`auth`]: HS256 tokens by the configured rules (`JwtKeys`), and the `Caller` extractor.
 //! * [`error`]: `{"error":{"code","message"}}` with a fitting status, and how the errors of the
 //!   store and the seams answer.
+//! * [`health`]: readiness, the same on every service.
 
 pub mod auth;
 pub mod error;
+pub mod health;
 
 pub use auth::{AuthError, Caller, JwtKeys, ScopedCaller, TokenRules};
 pub use error::ApiError;

@@ -131,13 +131,7 @@ async fn main() -> anyhow::Result<()> {
         store
             .update_job(id, None, Some(lease), |r| {
                 r.job
-                    .start(
-                        &ProgressSnapshot {
-                            items_total: 1,
-                            ..ProgressSnapshot::default()
-                        },
-                        now,
-                    )
+                    .start(&ProgressSnapshot::nothing_done_of(1), now)
                     .map(Some)
             })
             .await?;

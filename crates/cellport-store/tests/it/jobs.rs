@@ -43,13 +43,9 @@ async fn a_stale_writer_loses_and_a_final_job_stays_final() -> anyhow::Result<()
 
     let now = OffsetDateTime::now_utc();
     let mut worker_copy = store.load_job(id).await?.unwrap();
-    let mut started = worker_copy.job.start(
-        &ProgressSnapshot {
-            items_total: 2,
-            ..ProgressSnapshot::default()
-        },
-        now,
-    )?;
+    let mut started = worker_copy
+        .job
+        .start(&ProgressSnapshot::nothing_done_of(2), now)?;
     assert_eq!(
         store
             .commit(&mut worker_copy, Some(&mut started), None)
@@ -160,13 +156,7 @@ async fn cancel_racing_completion_never_yields_two_endings() -> anyhow::Result<(
         store
             .update_job(id, None, Some(lease), |r| {
                 r.job
-                    .start(
-                        &ProgressSnapshot {
-                            items_total: 1,
-                            ..ProgressSnapshot::default()
-                        },
-                        now,
-                    )
+                    .start(&ProgressSnapshot::nothing_done_of(1), now)
                     .map(Some)
             })
             .await?;
@@ -279,13 +269,7 @@ async fn counters_follow_every_status_change() -> anyhow::Result<()> {
     store
         .update_job(done.job.id, None, None, |r| {
             r.job
-                .start(
-                    &ProgressSnapshot {
-                        items_total: 1,
-                        ..ProgressSnapshot::default()
-                    },
-                    now,
-                )
+                .start(&ProgressSnapshot::nothing_done_of(1), now)
                 .map(Some)
         })
         .await?;
@@ -347,13 +331,7 @@ async fn pending_jobs_stay_listed_until_queued_or_started() -> anyhow::Result<()
     store
         .update_job(started.job.id, None, None, |r| {
             r.job
-                .start(
-                    &ProgressSnapshot {
-                        items_total: 1,
-                        ..ProgressSnapshot::default()
-                    },
-                    now,
-                )
+                .start(&ProgressSnapshot::nothing_done_of(1), now)
                 .map(Some)
         })
         .await?;
