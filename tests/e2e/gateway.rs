@@ -454,7 +454,7 @@ async fn a_resume_naming_more_jobs_than_an_outbox_holds_gets_them_all() -> anyho
             audience: vec!["alice".parse()?],
             archive: None,
         };
-        store.create_job(&record, 1000, None).await?;
+        store.create_job(&record, 1000, None, None).await?;
         let (started, _) = store
             .update_job(record.job.id, None, None, |r| {
                 r.job

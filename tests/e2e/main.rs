@@ -10,3 +10,4 @@ mod public_api;
 mod support;
 mod tidy;
 mod web_app_tokens;
+mod webapp_source;

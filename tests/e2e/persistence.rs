@@ -127,7 +127,7 @@ async fn a_job_whose_creator_died_before_queueing_it_still_runs() -> anyhow::Res
         archive: None,
     };
     let store = cellport_store::Store::connect(&stack.redis.url()).await?;
-    store.create_job(&record, 10, None).await?;
+    store.create_job(&record, 10, None, None).await?;
     assert_eq!(store.queue_depth().await?, (0, 0), "nothing was queued");
 
     stack.completed("alice", project.id.as_str(), &id).await?;

@@ -11,10 +11,14 @@ use cellport_core::{Project, UserId};
 use cellport_gateway::GatewayConfig;
 use cellport_http::JwtKeys;
 use cellport_http::TokenRules;
-use cellport_io::FileProjectStore;
+use cellport_io::ProjectSource as _;
+use cellport_io::{FileProjectStore, SourceConfig};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
-use cellport_testkit::{RedisOptions, RedisServer, jwt_secret, local_listener, wait_until};
+use cellport_testkit::{
+    PostgresOptions, PostgresServer, RedisOptions, RedisServer, jwt_secret, local_listener,
+    wait_until, webapp,
+};
 use cellport_worker::WorkerConfig;
 use futures::StreamExt;
 use serde_json::Value;
@@ -67,6 +71,9 @@ pub struct StackOptions {
     pub max_connections_per_user: usize,
     /// What the api and the gateways require of a token; the stack's own tokens follow them.
     pub token_rules: TokenRules,
+    /// Read projects from a private PostgreSQL holding the web app's tables (SPEC §10)
+    /// instead of the built-in file store.
+    pub webapp: bool,
 }
 
 impl Default for StackOptions {
@@ -78,13 +85,23 @@ impl Default for StackOptions {
             archive_ttl: Duration::from_secs(3600),
             max_connections_per_user: cellport_gateway::DEFAULT_MAX_CONNECTIONS_PER_USER,
             token_rules: TokenRules::default(),
+            webapp: false,
         }
     }
+}
+
+/// The web app's side of a stack: its database and its uploads directory.
+pub struct WebApp {
+    pub server: PostgresServer,
+    /// The database holding the web app's tables.
+    pub url: String,
+    pub uploads: PathBuf,
 }
 
 pub struct Stack {
     pub redis: RedisServer,
     pub data: tempfile::TempDir,
+    pub webapp: Option<WebApp>,
     pub api: SocketAddr,
     pub gateway: SocketAddr,
     pub http: reqwest::Client,
@@ -114,6 +131,26 @@ impl Stack {
         .await?;
         let data = tempfile::tempdir()?;
         let shutdown = CancellationToken::new();
+        let webapp = if options.webapp {
+            let server = PostgresServer::start(PostgresOptions::default()).await?;
+            let url = server.create_webapp_database("webapp").await?;
+            let uploads = data.path().join("uploads");
+            std::fs::create_dir_all(&uploads)?;
+            Some(WebApp {
+                server,
+                url,
+                uploads,
+            })
+        } else {
+            None
+        };
+        let source = match &webapp {
+            Some(w) => SourceConfig::Postgres {
+                url: w.url.clone(),
+                uploads_dir: w.uploads.clone(),
+            },
+            None => SourceConfig::Files,
+        };
 
         let api_listener = local_listener().await?;
         let api = api_listener.local_addr()?;
@@ -122,6 +159,7 @@ impl Stack {
         let api_config = ApiConfig {
             redis_url: redis.url(),
             data_dir: data.path().to_owned(),
+            source: source.clone(),
             jwt_secret: jwt_secret(),
             token_rules: options.token_rules.clone(),
             events_url: format!("ws://{gateway}/ws"),
@@ -149,6 +187,7 @@ impl Stack {
                 archive_ttl: options.archive_ttl,
                 sweep_every: Duration::from_millis(200),
                 requeue_after: Duration::from_secs(4),
+                source: source.clone(),
                 ..WorkerConfig::new(redis.url(), data.path())
             };
             let stop = shutdown.clone();
@@ -159,6 +198,7 @@ impl Stack {
         let stack = Stack {
             redis,
             data,
+            webapp,
             api,
             gateway,
             http: reqwest::Client::new(),
@@ -221,7 +261,13 @@ impl Stack {
     ) -> anyhow::Result<WorkerProcess> {
         let log_path = self.data.path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)?;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-worker"));
+        if let Some(webapp) = &self.webapp {
+            command
+                .env("CELLPORT_PROJECT_SOURCE", &webapp.url)
+                .env("CELLPORT_UPLOADS_DIR", &webapp.uploads);
+        }
+        let child = command
             .env("CELLPORT_REDIS_URL", self.redis.url())
             .env("CELLPORT_DATA_DIR", self.data.path())
             .env("CELLPORT_WORKER_NAME", name)
@@ -376,6 +422,81 @@ impl Stack {
         )
         .await?;
         Ok((report.project, source_dir))
+    }
+
+    /// A synthetic project as the web app holds it: imported into the file store first (the
+    /// reference an export from the database is compared with), then written into the web
+    /// app's tables with the same image ids, names, sizes and polygons, its files copied under
+    /// the uploads directory. The owner is the user `owner`, whose e-mail is `<owner>@example.org`.
+    /// Returns the web app's project id and the directory of the source images.
+    pub async fn import_webapp(
+        &self,
+        owner: &str,
+        spec: SyntheticSpec,
+    ) -> anyhow::Result<(String, PathBuf)> {
+        let webapp = self.webapp.as_ref().context("a stack with the web app")?;
+        let (project, source_dir) = self.import_synthetic(owner, spec).await?;
+        let store = FileProjectStore::new(self.data.path());
+        let images = store
+            .image_page(&project.id, None, usize::MAX)
+            .await?
+            .images;
+        let client = webapp::connect(&webapp.url).await?;
+        let known = client
+            .query_opt("SELECT 1 FROM users WHERE id = $1", &[&owner])
+            .await?;
+        if known.is_none() {
+            webapp::insert_user(&client, owner, &format!("{owner}@example.org")).await?;
+        }
+        let project_id = webapp::new_id();
+        webapp::insert_project(
+            &client,
+            &project_id,
+            &project.name,
+            owner,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
+        let mut rows = Vec::new();
+        let mut segmentations = Vec::new();
+        for (order, image) in images.iter().enumerate() {
+            let path = format!("{owner}/{project_id}/originals/{order}_{}", image.name);
+            let to = webapp.uploads.join(&path);
+            std::fs::create_dir_all(to.parent().context("a parent")?)?;
+            std::fs::copy(store.image_path(&project.id, &image.id), &to)?;
+            rows.push(webapp::NewImage {
+                id: image.id.to_string(),
+                original_path: path,
+                width: Some(image.width as i32),
+                height: Some(image.height as i32),
+                file_size: Some(image.size_bytes as i64),
+                display_order: Some(order as i32),
+                ..webapp::NewImage::new(&project_id, &image.name)
+            });
+            let polygons: Vec<Value> = image
+                .polygons
+                .iter()
+                .enumerate()
+                .map(|(n, p)| {
+                    serde_json::json!({
+                        "id": format!("polygon_{}", n + 1),
+                        "points": p.points,
+                        "type": p.kind,
+                        "class": "spheroid",
+                        "confidence": 0.9,
+                    })
+                })
+                .collect();
+            segmentations.push(webapp::NewSegmentation {
+                image_id: image.id.to_string(),
+                polygons: serde_json::to_string(&polygons)?,
+                image_width: Some(image.width as i32),
+                image_height: Some(image.height as i32),
+            });
+        }
+        webapp::insert_images(&client, &rows).await?;
+        webapp::insert_segmentations(&client, &segmentations).await?;
+        Ok((project_id, source_dir))
     }
 
     pub async fn ws(&self, user: &str) -> anyhow::Result<WsClient> {

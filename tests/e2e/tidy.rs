@@ -206,3 +206,35 @@ fn the_floor_check_refuses_what_it_should() {
         ]
     );
 }
+
+#[test]
+fn the_web_apps_database_is_only_ever_read() {
+    let (_, source) = crate_sources()
+        .into_iter()
+        .find(|(path, _)| path == "crates/cellport-io/src/postgres.rs")
+        .expect("the database source");
+    assert!(
+        source.contains("default_transaction_read_only=on"),
+        "every session of the database source is read-only"
+    );
+    let writes: Vec<&str> = source
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .filter(|line| {
+            let upper = line.to_ascii_uppercase();
+            [
+                "INSERT ",
+                "UPDATE ",
+                "DELETE ",
+                "TRUNCATE ",
+                "COPY ",
+                "ALTER ",
+                "CREATE ",
+                "DROP ",
+            ]
+            .iter()
+            .any(|verb| upper.contains(verb))
+        })
+        .collect();
+    assert!(writes.is_empty(), "statements that write: {writes:?}");
+}

@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cellport_runtime::{JwtArgs, LogFormat, RedisArgs, init_tracing, shutdown_signal};
+use cellport_io::SourceConfig;
+use cellport_runtime::{JwtArgs, LogFormat, RedisArgs, SourceArgs, init_tracing, shutdown_signal};
 use clap::Parser;
 
 use crate::{ApiConfig, run};
@@ -16,6 +17,8 @@ pub struct Args {
     /// Directory of projects and archives, shared with the workers
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    source: SourceArgs,
     #[command(flatten)]
     jwt: JwtArgs,
     /// Address the HTTP API listens on
@@ -41,15 +44,17 @@ pub struct Args {
 }
 
 impl Args {
-    fn config(self) -> ApiConfig {
-        ApiConfig {
+    fn config(self) -> anyhow::Result<ApiConfig> {
+        Ok(ApiConfig {
+            source: SourceConfig::parse(&self.source.project_source, &self.source.uploads_dir)
+                .map_err(anyhow::Error::msg)?,
             redis_url: self.redis.redis_url,
             data_dir: self.data_dir,
             jwt_secret: self.jwt.jwt_secret,
             token_rules: self.jwt.token_rules,
             events_url: self.events_url,
             max_active_per_user: self.max_active_exports_per_user,
-        }
+        })
     }
 }
 
@@ -57,8 +62,10 @@ impl Args {
 pub async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
-    let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    run(listener, args.config(), shutdown_signal()).await
+    let addr = args.addr;
+    let config = args.config()?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    run(listener, config, shutdown_signal()).await
 }
 
 #[cfg(test)]
@@ -71,7 +78,8 @@ mod tests {
     fn the_config_never_prints_its_secret() {
         let config = Args::try_parse_from(["cellport-api", "--jwt-secret", SECRET])
             .unwrap()
-            .config();
+            .config()
+            .unwrap();
         assert_eq!(config.jwt_secret.expose(), SECRET);
         let printed = format!("{config:?}");
         assert!(!printed.contains(SECRET), "{printed}");
@@ -95,7 +103,8 @@ mod tests {
             "cell-segmentation-app",
         ])
         .unwrap()
-        .config();
+        .config()
+        .unwrap();
         assert_eq!(
             config.token_rules,
             cellport_runtime::TokenRules {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::{Router, middleware};
 use cellport_http::JwtKeys;
-use cellport_io::{FileProjectStore, ProjectSource, Storage};
+use cellport_io::{ProjectSource, SourceConfig, Storage};
 use cellport_runtime::JwtSecret;
 use cellport_runtime::TokenRules;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
@@ -36,6 +36,8 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub struct ApiConfig {
     pub redis_url: String,
     pub data_dir: PathBuf,
+    /// Where projects come from (the file store under `data_dir`, or the web app's database).
+    pub source: SourceConfig,
     pub jwt_secret: JwtSecret,
     /// What a token must carry (user claim, issuer, audience); also what minted tokens carry.
     pub token_rules: TokenRules,
@@ -50,6 +52,9 @@ pub struct ApiConfig {
 pub struct AppState {
     pub store: Store,
     pub source: Arc<dyn ProjectSource>,
+    /// The source pages images by position in the project order, not by index (the served
+    /// document says which cursor it takes).
+    pub keyset_cursors: bool,
     pub storage: Storage,
     pub queue: JobQueue<ExportRequest>,
     pub jwt: JwtKeys,
@@ -94,7 +99,8 @@ impl AppState {
             stop_listening,
             queue: JobQueue::producer(store.clone()),
             store,
-            source: Arc::new(FileProjectStore::new(&config.data_dir)),
+            source: config.source.open(&config.data_dir)?,
+            keyset_cursors: !config.source.is_files(),
             storage: Storage::new(&config.data_dir),
             jwt: JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone()),
             events_url: config.events_url.clone(),

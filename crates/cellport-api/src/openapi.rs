@@ -11,11 +11,14 @@
 
 use std::sync::LazyLock;
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
+
+use crate::AppState;
 
 pub(crate) use schemas::*;
 
@@ -101,8 +104,30 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The document, built once on first request.
+/// The images cursor of the web app's database: where the last page ended in the project
+/// order (display order or `n`, creation time in µs, image id).
+pub const KEYSET_CURSOR_PATTERN: &str =
+    "^((n|-?[0-9]{1,10})~-?[0-9]{1,19}~[A-Za-z0-9._~-]{1,160})?$";
+
+/// [`openapi_json`] for an api reading the web app's database: the same document, with the
+/// images cursor that source hands out.
+pub fn openapi_json_for_keyset_cursors() -> String {
+    let mut document: serde_json::Value =
+        serde_json::from_str(&openapi_json()).expect("the OpenAPI document is JSON");
+    let parameters = document["paths"]["/api/projects/{projectId}/images"]["get"]["parameters"]
+        .as_array_mut()
+        .expect("the images listing has parameters");
+    for parameter in parameters {
+        if parameter["name"] == "cursor" {
+            parameter["schema"]["pattern"] = KEYSET_CURSOR_PATTERN.into();
+        }
+    }
+    serde_json::to_string_pretty(&document).expect("the OpenAPI document serializes")
+}
+
+/// The documents, built once on first request.
 static DOCUMENT_JSON: LazyLock<String> = LazyLock::new(openapi_json);
+static KEYSET_DOCUMENT_JSON: LazyLock<String> = LazyLock::new(openapi_json_for_keyset_cursors);
 
 #[utoipa::path(
     get,
@@ -114,11 +139,13 @@ static DOCUMENT_JSON: LazyLock<String> = LazyLock::new(openapi_json);
         (status = 200, description = "The OpenAPI 3.1 document", content(("application/json"))),
     ),
 )]
-pub(crate) async fn serve_document() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT_JSON.as_str(),
-    )
+pub(crate) async fn serve_document(State(state): State<AppState>) -> impl IntoResponse {
+    let document = if state.keyset_cursors {
+        KEYSET_DOCUMENT_JSON.as_str()
+    } else {
+        DOCUMENT_JSON.as_str()
+    };
+    ([(header::CONTENT_TYPE, "application/json")], document)
 }
 
 /// Doc-only descriptions of the JSON the API reads and writes; never built.
@@ -225,6 +252,24 @@ mod schemas {
         /// Micrometres per pixel; null or absent reports in pixels.
         #[serde(default)]
         #[schema(minimum = 0.001, maximum = 1000.0)]
+        pub pixel_to_micrometer_scale: Option<f64>,
+    }
+
+    /// The options of a created export, as status and history show them: the selected ids
+    /// are stored once beside the job, and only their count is shown.
+    #[derive(ToSchema)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct JobOptions {
+        pub include_original_images: bool,
+        pub include_visualizations: bool,
+        pub include_documentation: bool,
+        pub annotation_formats: Vec<AnnotationFormat>,
+        pub metrics_formats: Vec<MetricsFormat>,
+        pub visualization_options: VisualizationOptions,
+        /// How many images `selectedImageIds` named; absent when the export takes every image.
+        #[schema(minimum = 1, maximum = 100_000)]
+        pub selected_image_count: Option<u64>,
+        #[schema(required = true, minimum = 0.001, maximum = 1000.0)]
         pub pixel_to_micrometer_scale: Option<f64>,
     }
 
@@ -385,7 +430,7 @@ mod schemas {
         pub expired: bool,
         /// Bumped by every stored change; events carry the same number (see `after` on status).
         pub seq: u64,
-        pub options: ExportOptions,
+        pub options: JobOptions,
     }
 
     /// A signed URL for a browser's native download.
@@ -423,6 +468,7 @@ mod schemas {
     pub struct Image {
         pub id: String,
         pub name: String,
+        /// Pixels; 0 when the project source does not know the size.
         pub width: u32,
         pub height: u32,
         /// Valid external polygons (cells) on the image.

@@ -12,9 +12,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use cellport_core::{
-    CancelReason, ExportJob, ExportOptions, JobId, JobRecord, JobStatus, Project, ProjectId,
+    CancelReason, ExportJob, ExportOptions, ImageId, JobId, JobRecord, JobStatus, Project,
+    ProjectId, Viewer,
 };
-use cellport_store::{CreateOutcome, ExportRequest};
+use cellport_store::{CreateOutcome, ExportRequest, JobImages};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -46,10 +47,73 @@ async fn visible_project(
     caller: &Caller,
     id: &ProjectId,
 ) -> Result<Project, ApiError> {
-    match state.source.project(id).await? {
-        Some(p) if p.is_visible_to(&caller.user) => Ok(p),
-        _ => Err(ApiError::not_found("project")),
+    state
+        .source
+        .visible_project(id, &viewer(caller))
+        .await?
+        .ok_or_else(|| ApiError::not_found("project"))
+}
+
+fn viewer(caller: &Caller) -> Viewer {
+    Viewer {
+        user: caller.user.clone(),
+        email: caller.email.clone(),
     }
+}
+
+/// Image ids read per page when a job's images are fixed.
+const IMAGE_ID_PAGE: usize = 5_000;
+
+/// Fixes the images of a new job: the project's images in project order, or the selected ones
+/// among them; a selected id that is not an image of the project is a 422.
+async fn job_images(
+    state: &AppState,
+    project_id: &ProjectId,
+    selection: Option<&[ImageId]>,
+) -> Result<JobImages, ApiError> {
+    let wanted: Option<HashSet<&ImageId>> = selection.map(|ids| ids.iter().collect());
+    let mut found: HashSet<ImageId> = HashSet::new();
+    let mut images = JobImages::default();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = state
+            .source
+            .image_id_page(project_id, cursor.as_deref(), IMAGE_ID_PAGE)
+            .await?;
+        for id in &page.ids {
+            match &wanted {
+                None => images.push(id),
+                Some(wanted) if wanted.contains(id) => {
+                    images.push(id);
+                    found.insert(id.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    if let Some(selected) = selection {
+        let foreign: Vec<&str> = selected
+            .iter()
+            .filter(|id| !found.contains(*id))
+            .map(|id| id.as_str())
+            .collect();
+        if !foreign.is_empty() {
+            let listed: Vec<&str> = foreign.iter().take(5).copied().collect();
+            return Err(ApiError::invalid_field(
+                "selectedImageIds",
+                format!(
+                    "{} id(s) are not images of this project: {}",
+                    foreign.len(),
+                    listed.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(images)
 }
 
 /// The job, if it belongs to the project and the caller may see the project.
@@ -183,29 +247,15 @@ pub(crate) async fn start_export(
     let idempotency_key = idempotency_key(&headers)?;
     let project_id = parse_project_id(&project)?;
     let project = visible_project(&state, &caller, &project_id).await?;
-    let options = options_from_body(&body)?;
-    if let Some(selected) = &options.selected_image_ids {
-        if selected.is_empty() {
-            return Err(ApiError::invalid_field(
-                "selectedImageIds",
-                "must name at least one image",
-            ));
-        }
-        let images = state.source.images(&project_id).await?;
-        let known: HashSet<_> = images.iter().map(|i| &i.id).collect();
-        let foreign = options.foreign_image_ids(|id| known.contains(id));
-        if !foreign.is_empty() {
-            let listed: Vec<&str> = foreign.iter().take(5).map(|id| id.as_str()).collect();
-            return Err(ApiError::invalid_field(
-                "selectedImageIds",
-                format!(
-                    "{} id(s) are not images of this project: {}",
-                    foreign.len(),
-                    listed.join(", ")
-                ),
-            ));
-        }
+    let mut options = options_from_body(&body)?;
+    let selection = options.take_selection();
+    if selection.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::invalid_field(
+            "selectedImageIds",
+            "must name at least one image",
+        ));
     }
+    let images = job_images(&state, &project_id, selection.as_deref()).await?;
 
     let job = ExportJob::new_pending(
         project.id.clone(),
@@ -226,6 +276,7 @@ pub(crate) async fn start_export(
             &record,
             state.max_active_per_user,
             idempotency_key.as_deref(),
+            Some(&images),
         )
         .await?
     {
@@ -632,11 +683,23 @@ fn job_cursor(raw: &str) -> Option<JobId> {
     hyphenated.then(|| raw.parse().ok()).flatten()
 }
 
-/// An images cursor is the decimal index of the next image, at most 19 digits (the document's
-/// pattern): no sign, which `usize::from_str` would take.
-fn index_cursor(raw: &str) -> Option<usize> {
-    let digits = raw.len() <= 19 && raw.bytes().all(|b| b.is_ascii_digit());
-    digits.then(|| raw.parse().ok()).flatten()
+/// An images cursor is the source's own token (the file store's is the index of the next image,
+/// the database's a position in the project order, as the served document says); the api
+/// checks its alphabet and the source whether it gave it out.
+fn image_cursor(raw: Option<&str>) -> Result<Option<&str>, ApiError> {
+    let is_token = |c: &str| {
+        c.len() <= 200
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+    };
+    match raw {
+        None | Some("") => Ok(None),
+        Some(c) if is_token(c) => Ok(Some(c)),
+        Some(_) => Err(ApiError::bad_parameter(
+            "cursor",
+            "not a cursor this listing gave out",
+        )),
+    }
 }
 
 /// A project's exports, newest first, a page at a time (`nextCursor` is null on the last).
@@ -714,14 +777,15 @@ pub(crate) async fn list_images(
 ) -> Result<Json<Value>, ApiError> {
     let params: PageQuery = query(&uri)?;
     let limit = params.limit(100, 1000)?;
-    let start = cursor("cursor", params.cursor.as_deref(), index_cursor)?.unwrap_or(0);
     let project_id = parse_project_id(&project)?;
     visible_project(&state, &caller, &project_id).await?;
-    let images = state.source.images(&project_id).await?;
-    let items: Vec<Value> = images
+    let page = state
+        .source
+        .image_page(&project_id, image_cursor(params.cursor.as_deref())?, limit)
+        .await?;
+    let items: Vec<Value> = page
+        .images
         .iter()
-        .skip(start)
-        .take(limit)
         .map(|image| {
             json!({
                 "id": image.id,
@@ -732,9 +796,7 @@ pub(crate) async fn list_images(
             })
         })
         .collect();
-    let end = start + items.len();
-    let next = (end < images.len()).then(|| end.to_string());
-    Ok(Json(json!({"items": items, "nextCursor": next})))
+    Ok(Json(json!({"items": items, "nextCursor": page.next})))
 }
 
 #[utoipa::path(
@@ -754,7 +816,7 @@ pub(crate) async fn list_projects(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let projects = state.source.projects_visible_to(&caller.user).await?;
+    let projects = state.source.projects_visible_to(&viewer(&caller)).await?;
     let items: Vec<Value> = projects
         .iter()
         .map(|p| json!({"id": p.id, "name": p.name, "imageCount": p.image_count, "createdAt": p.created_at.format(&Rfc3339).unwrap_or_default()}))

@@ -256,7 +256,9 @@ fn the_schemas_match_what_the_wire_types_serialize_to() {
         items_completed: 1,
         items_total: 2,
     });
+    // A created job keeps the count of its selection; the ids are stored beside it.
     job.options.selected_image_ids = Some(vec!["i1".parse().unwrap()]);
+    job.options.take_selection();
     job.options.pixel_to_micrometer_scale = Some(0.5);
     let job = serde_json::to_value(&job).unwrap();
     // The server always sends every field of a job (`null` when unset).
@@ -324,10 +326,10 @@ fn the_schemas_match_what_the_wire_types_serialize_to() {
             _ => assert_eq!(&property["default"], value, "{field}"),
         }
     }
-    assert_eq!(
-        keys(&defaults),
-        keys(&schema["ExportOptions"]["properties"])
-    );
+    // The selection has no default to serialize: absent means every image.
+    let mut documented = keys(&defaults);
+    documented.insert("selectedImageIds".to_owned());
+    assert_eq!(documented, keys(&schema["ExportOptions"]["properties"]));
 }
 
 fn keys(value: &Value) -> BTreeSet<String> {
@@ -481,6 +483,7 @@ impl Api {
         let config = ApiConfig {
             redis_url: redis.url(),
             data_dir: data.path().to_owned(),
+            source: cellport_io::SourceConfig::Files,
             jwt_secret: cellport_testkit::jwt_secret(),
             token_rules: Default::default(),
             events_url: "ws://127.0.0.1:1/ws".into(),

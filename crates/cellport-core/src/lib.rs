@@ -15,7 +15,7 @@ pub use events::{CancelReason, EventCommon, ExportEvent};
 pub use ids::{ImageId, JobId, ProjectId, UserId};
 pub use job::{ExportJob, JobRecord, JobStatus, Phase, TaskProgress, TaskStatus, TransitionError};
 pub use options::{ExportOptions, InvalidOptions};
-pub use project::{ImageRecord, Point, Polygon, PolygonKind, Project};
+pub use project::{ImageRecord, Point, Polygon, PolygonKind, Project, Viewer};
 
 /// The version written into every archive's metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

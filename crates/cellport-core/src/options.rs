@@ -104,8 +104,13 @@ pub struct ExportOptions {
     pub annotation_formats: Vec<AnnotationFormat>,
     pub metrics_formats: Vec<MetricsFormat>,
     pub visualization_options: VisualizationOptions,
-    /// `None` means every image of the project.
+    /// `None` means every image of the project. Taken out when the job is created (the job's
+    /// images are stored once beside it), so a stored or answered job carries only the count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_image_ids: Option<Vec<ImageId>>,
+    /// How many images `selectedImageIds` named, once the ids are stored beside the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_image_count: Option<u64>,
     /// Micrometres per pixel; `None` reports in pixels.
     pub pixel_to_micrometer_scale: Option<f64>,
 }
@@ -120,6 +125,7 @@ impl Default for ExportOptions {
             metrics_formats: vec![MetricsFormat::Excel],
             visualization_options: VisualizationOptions::default(),
             selected_image_ids: None,
+            selected_image_count: None,
             pixel_to_micrometer_scale: None,
         }
     }
@@ -268,6 +274,13 @@ impl ExportOptions {
             }
         }
         ExportOptions::parse(options)
+    }
+
+    /// Takes the selection out, leaving its count: what a stored job keeps of it.
+    pub fn take_selection(&mut self) -> Option<Vec<ImageId>> {
+        let ids = self.selected_image_ids.take()?;
+        self.selected_image_count = Some(ids.len() as u64);
+        Some(ids)
     }
 
     /// The selected ids that are not in `known`, in request order.

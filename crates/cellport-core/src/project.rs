@@ -60,9 +60,22 @@ pub struct ImageRecord {
     pub id: ImageId,
     /// The name the image was imported under.
     pub name: String,
+    /// Pixels; 0 when the source does not know (the export then reads the file's header).
     pub width: u32,
     pub height: u32,
     /// Size of the stored file in bytes.
     pub size_bytes: u64,
     pub polygons: Vec<Polygon>,
+    /// What the source left out of this image and the export reports (a polyline that is not
+    /// a polygon, a segmentation that could not be read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Who is asking to see a project: the user, and the e-mail their token carries (shares made
+/// by e-mail name the address, not the user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    pub user: UserId,
+    pub email: Option<String>,
 }

@@ -121,7 +121,14 @@ impl From<cellport_store::StoreError> for ApiError {
 
 impl From<cellport_io::SourceError> for ApiError {
     fn from(e: cellport_io::SourceError) -> ApiError {
-        ApiError::unavailable(e)
+        use cellport_io::SourceError;
+        match e {
+            SourceError::BadCursor(_) => {
+                ApiError::bad_parameter("cursor", "not a cursor this listing gave out")
+            }
+            SourceError::ProjectNotFound(_) => ApiError::not_found("project"),
+            other => ApiError::unavailable(other),
+        }
     }
 }
 

@@ -1,14 +1,21 @@
 //! The two seams between Cellport and the outside world's data, on the floor above core:
 //!
-//! * [`source`]: where projects, images and polygons come from ([`ProjectSource`]; the built-in
-//!   file store [`FileProjectStore`] first).
+//! * [`source`]: where projects, images and polygons come from ([`ProjectSource`]): the built-in
+//!   file store [`FileProjectStore`], or the web app's database ([`postgres`]); [`config`]
+//!   picks one from `CELLPORT_PROJECT_SOURCE`.
 //! * [`storage`]: where staged items and archives are written ([`Storage`]); all file access
 //!   under it goes through this module.
 //!
 //! The api needs only these to answer, so it links neither image decoding nor archive writing.
 
+pub mod config;
+pub mod postgres;
 pub mod source;
 pub mod storage;
 
-pub use source::{FileProjectStore, ProjectSource, SourceError};
+pub use config::SourceConfig;
+pub use postgres::PostgresProjectSource;
+pub use source::{
+    FileProjectStore, ImageIdPage, ImagePage, ImageReader, ProjectSource, SourceError,
+};
 pub use storage::{ArchiveWriter, Staging, Storage, Stored};

@@ -8,9 +8,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use cellport_core::{ImageRecord, Project, ProjectId, UserId};
+use cellport_core::{ImageId, ImageRecord, Project, ProjectId, UserId, Viewer};
 use futures::future::BoxFuture;
 use tokio::fs::File;
+use tokio::io::AsyncRead;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -28,6 +29,27 @@ pub enum SourceError {
         #[source]
         source: serde_json::Error,
     },
+    /// The image's file is not there, or may not be opened (a path that leaves the uploads
+    /// directory): the export goes on without it.
+    #[error("the file of image {image} is not available: {reason}")]
+    ImageFileMissing { image: String, reason: String },
+    /// A paging cursor this source did not hand out.
+    #[error("not a cursor of this listing: {0:?}")]
+    BadCursor(String),
+    /// The database could not be reached or failed: worth retrying.
+    #[error("the project database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database answered with something this source cannot read.
+    #[error("the project database holds unreadable data: {0}")]
+    Invalid(String),
+}
+
+impl SourceError {
+    /// Whether trying again later may succeed (an outage, a failing disk), as opposed to a
+    /// missing project or a corrupt record.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Io { .. } | SourceError::Unavailable(_))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SourceError + '_ {
@@ -37,32 +59,81 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SourceError + '_ {
     }
 }
 
+/// An image's original bytes, streamed: a file on disk for every source today, but a source
+/// is a database plus a directory, so callers see only a reader.
+pub type ImageReader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// One page of a project's images, in project order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImagePage {
+    pub images: Vec<ImageRecord>,
+    /// The cursor of the next page; `None` on the last one.
+    pub next: Option<String>,
+}
+
+/// One page of a project's image ids, in project order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageIdPage {
+    pub ids: Vec<ImageId>,
+    pub next: Option<String>,
+}
+
 /// Where projects come from. Object-safe so services hold an `Arc<dyn ProjectSource>`.
+///
+/// A project's images are read a page at a time: a project may hold 100,000 of them, and no
+/// caller holds them all with their polygons at once.
 pub trait ProjectSource: Send + Sync + 'static {
-    /// The project, or `None` when it does not exist.
+    /// The project, or `None` when it does not exist. Its `members` are everyone besides the
+    /// owner who may see it: the audience of its exports, resolved by the source.
     fn project<'a>(
         &'a self,
         id: &'a ProjectId,
     ) -> BoxFuture<'a, Result<Option<Project>, SourceError>>;
 
-    /// Projects the user owns or that are shared with them, oldest first.
-    fn projects_visible_to<'a>(
-        &'a self,
-        user: &'a UserId,
-    ) -> BoxFuture<'a, Result<Vec<Project>, SourceError>>;
-
-    /// The project's images with their polygons, in project order.
-    fn images<'a>(
+    /// The project when `viewer` may see it; `None` when it does not exist or is not theirs.
+    fn visible_project<'a>(
         &'a self,
         id: &'a ProjectId,
+        viewer: &'a Viewer,
+    ) -> BoxFuture<'a, Result<Option<Project>, SourceError>>;
+
+    /// Projects the viewer owns or that are shared with them, oldest first.
+    fn projects_visible_to<'a>(
+        &'a self,
+        viewer: &'a Viewer,
+    ) -> BoxFuture<'a, Result<Vec<Project>, SourceError>>;
+
+    /// Up to `limit` images with their polygons, after `cursor` (`None`: from the first).
+    fn image_page<'a>(
+        &'a self,
+        project: &'a ProjectId,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ImagePage, SourceError>>;
+
+    /// Up to `limit` image ids after `cursor`: what fixes a job's images, without polygons.
+    fn image_id_page<'a>(
+        &'a self,
+        project: &'a ProjectId,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ImageIdPage, SourceError>>;
+
+    /// The named images of the project with their polygons, in the order named; an id that is
+    /// no longer an image of the project is left out.
+    fn images_by_ids<'a>(
+        &'a self,
+        project: &'a ProjectId,
+        ids: &'a [ImageId],
     ) -> BoxFuture<'a, Result<Vec<ImageRecord>, SourceError>>;
 
-    /// Opens an image's original bytes for streaming.
+    /// Opens an image's original bytes for streaming; [`SourceError::ImageFileMissing`] when
+    /// the file is not there or may not be opened.
     fn open_image<'a>(
         &'a self,
         project: &'a ProjectId,
         image: &'a ImageRecord,
-    ) -> BoxFuture<'a, Result<File, SourceError>>;
+    ) -> BoxFuture<'a, Result<ImageReader, SourceError>>;
 }
 
 /// The built-in project store: plain files under the data directory.
@@ -170,6 +241,31 @@ impl FileProjectStore {
     }
 }
 
+/// A file store's cursor: the index of the next image, at most 19 decimal digits.
+fn index_cursor(cursor: Option<&str>) -> Result<usize, SourceError> {
+    match cursor {
+        None | Some("") => Ok(0),
+        Some(raw) if raw.len() <= 19 && raw.bytes().all(|b| b.is_ascii_digit()) => raw
+            .parse()
+            .map_err(|_| SourceError::BadCursor(raw.to_owned())),
+        Some(raw) => Err(SourceError::BadCursor(raw.to_owned())),
+    }
+}
+
+fn next_cursor(end: usize, total: usize) -> Option<String> {
+    (end < total).then(|| end.to_string())
+}
+
+impl FileProjectStore {
+    /// Every image of a project, in project order. The built-in store keeps them in one file,
+    /// so paging reads it whole each time; the database source reads pages from its tables.
+    async fn all_images(&self, id: &ProjectId) -> Result<Vec<ImageRecord>, SourceError> {
+        Self::read_json(&self.project_dir(id).join("images.json"))
+            .await?
+            .ok_or_else(|| SourceError::ProjectNotFound(id.clone()))
+    }
+}
+
 impl ProjectSource for FileProjectStore {
     fn project<'a>(
         &'a self,
@@ -178,21 +274,70 @@ impl ProjectSource for FileProjectStore {
         Box::pin(async move { Self::read_json(&self.project_dir(id).join("project.json")).await })
     }
 
-    fn projects_visible_to<'a>(
-        &'a self,
-        user: &'a UserId,
-    ) -> BoxFuture<'a, Result<Vec<Project>, SourceError>> {
-        Box::pin(self.scan(move |p| p.is_visible_to(user)))
-    }
-
-    fn images<'a>(
+    fn visible_project<'a>(
         &'a self,
         id: &'a ProjectId,
+        viewer: &'a Viewer,
+    ) -> BoxFuture<'a, Result<Option<Project>, SourceError>> {
+        Box::pin(async move {
+            Ok(self
+                .project(id)
+                .await?
+                .filter(|p| p.is_visible_to(&viewer.user)))
+        })
+    }
+
+    fn projects_visible_to<'a>(
+        &'a self,
+        viewer: &'a Viewer,
+    ) -> BoxFuture<'a, Result<Vec<Project>, SourceError>> {
+        Box::pin(self.scan(move |p| p.is_visible_to(&viewer.user)))
+    }
+
+    fn image_page<'a>(
+        &'a self,
+        project: &'a ProjectId,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ImagePage, SourceError>> {
+        Box::pin(async move {
+            let start = index_cursor(cursor)?;
+            let all = self.all_images(project).await?;
+            let total = all.len();
+            let images: Vec<ImageRecord> = all.into_iter().skip(start).take(limit).collect();
+            let next = next_cursor(start + images.len(), total);
+            Ok(ImagePage { images, next })
+        })
+    }
+
+    fn image_id_page<'a>(
+        &'a self,
+        project: &'a ProjectId,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ImageIdPage, SourceError>> {
+        Box::pin(async move {
+            let page = self.image_page(project, cursor, limit).await?;
+            Ok(ImageIdPage {
+                ids: page.images.into_iter().map(|i| i.id).collect(),
+                next: page.next,
+            })
+        })
+    }
+
+    fn images_by_ids<'a>(
+        &'a self,
+        project: &'a ProjectId,
+        ids: &'a [ImageId],
     ) -> BoxFuture<'a, Result<Vec<ImageRecord>, SourceError>> {
         Box::pin(async move {
-            Self::read_json(&self.project_dir(id).join("images.json"))
+            let mut by_id: std::collections::HashMap<ImageId, ImageRecord> = self
+                .all_images(project)
                 .await?
-                .ok_or_else(|| SourceError::ProjectNotFound(id.clone()))
+                .into_iter()
+                .map(|i| (i.id.clone(), i))
+                .collect();
+            Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
         })
     }
 
@@ -200,10 +345,13 @@ impl ProjectSource for FileProjectStore {
         &'a self,
         project: &'a ProjectId,
         image: &'a ImageRecord,
-    ) -> BoxFuture<'a, Result<File, SourceError>> {
+    ) -> BoxFuture<'a, Result<ImageReader, SourceError>> {
         Box::pin(async move {
+            // The store's own files: one missing is damage to retry on and report, unlike an
+            // upload the web app lost (the database source's `ImageFileMissing`).
             let path = self.image_path(project, &image.id);
-            File::open(&path).await.map_err(io_err(&path))
+            let file = File::open(&path).await.map_err(io_err(&path))?;
+            Ok(Box::new(file) as ImageReader)
         })
     }
 }

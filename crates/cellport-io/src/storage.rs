@@ -257,6 +257,15 @@ impl Staging {
         }
     }
 
+    /// Opens a staged file for streaming; `None` when it is not there.
+    pub async fn open(&self, name: &str) -> io::Result<Option<File>> {
+        match File::open(self.path(name)).await {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn exists(&self, name: &str) -> bool {
         tokio::fs::try_exists(self.path(name))
             .await

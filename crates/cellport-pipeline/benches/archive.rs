@@ -109,12 +109,16 @@ async fn export_once(
     options: &ExportOptions,
     out: &Path,
 ) -> Duration {
-    let images = store.images(&project.id).await.unwrap();
+    let images: Vec<cellport_core::ImageId> = store
+        .image_id_page(&project.id, None, usize::MAX)
+        .await
+        .unwrap()
+        .ids;
     let storage = Storage::new(data);
     let staging = storage.staging(cellport_core::JobId::new());
     let input = ExportInput {
         project,
-        images: &images,
+        image_ids: &images,
         options,
         source: store,
         export_date: time::OffsetDateTime::now_utc(),

@@ -53,6 +53,7 @@ fn scene() -> (RgbImage, ImageRecord) {
         height: 1024,
         size_bytes: 0,
         polygons,
+        warnings: Vec::new(),
     };
     (image, record)
 }

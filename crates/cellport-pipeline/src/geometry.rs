@@ -411,6 +411,7 @@ pub(crate) mod tests {
                 .into_iter()
                 .map(|(kind, points)| Polygon { kind, points })
                 .collect(),
+            warnings: Vec::new(),
         }
     }
 

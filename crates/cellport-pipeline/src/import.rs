@@ -360,5 +360,6 @@ async fn copy_image(
         height,
         size_bytes,
         polygons,
+        warnings: Vec::new(),
     })
 }

@@ -19,5 +19,5 @@ pub mod visualize;
 
 pub use export::{
     Checkpoints, ExportContext, ExportError, ExportInput, ExportPlan, ExportSummary, NoCheckpoints,
-    ProgressSink, export_archive, plan_export, plan_tasks, run_export,
+    ProgressSink, export_archive, plan_export, run_export,
 };

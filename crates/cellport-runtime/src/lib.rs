@@ -7,6 +7,8 @@ pub mod jwt;
 pub mod postgres;
 pub mod redis;
 pub mod secret;
+#[cfg(feature = "postgres")]
+pub mod webapp;
 
 pub use jwt::{JwtArgs, TokenRules};
 pub use secret::{JwtSecret, Secret};
@@ -23,6 +25,18 @@ pub struct RedisArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+}
+
+/// Where projects come from: the flags the api, the workers and `cellportctl` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// Where projects come from: `files` (the built-in store under the data dir) or the web
+    /// app's database as a postgres:// URL, read in place
+    #[arg(long, env = "CELLPORT_PROJECT_SOURCE", default_value = "files")]
+    pub project_source: String,
+    /// The web app's upload root: images' "originalPath" is relative to it (postgres source)
+    #[arg(long, env = "CELLPORT_UPLOADS_DIR", default_value = "./uploads")]
+    pub uploads_dir: std::path::PathBuf,
 }
 
 /// How logs are written: `text` for people, `json` for log shippers.

@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 },
                 1_000_000,
                 None,
+                None,
             )
             .await?;
         let lease = store

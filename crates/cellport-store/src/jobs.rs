@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cellport_core::{ExportEvent, JobId, JobRecord, ProjectId, UserId};
+use cellport_core::{ExportEvent, ImageId, JobId, JobRecord, ProjectId, UserId};
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
@@ -81,6 +81,37 @@ pub enum LeaseError {
     Store(#[from] StoreError),
 }
 
+/// A job's image ids in project order, gathered a page at a time before the job is created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobImages {
+    /// One id a line: ids are tokens without whitespace.
+    lines: String,
+    count: u64,
+}
+
+impl JobImages {
+    pub fn push(&mut self, id: &ImageId) {
+        if !self.lines.is_empty() {
+            self.lines.push('\n');
+        }
+        self.lines.push_str(id.as_str());
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes stored for the set.
+    pub fn stored_bytes(&self) -> usize {
+        self.lines.len()
+    }
+}
+
 /// How long a user's recent-jobs index remembers a job after its last change.
 pub(crate) const RECENT_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
@@ -137,11 +168,17 @@ impl Store {
     ///
     /// With an idempotency key, a repeated key returns the job it created first. A user with
     /// `limit` active exports gets [`CreateOutcome::Limited`] and nothing is stored.
+    ///
+    /// `images` is the job's fixed set of images (every attempt exports the same ones), stored
+    /// once beside the record, which every progress commit rewrites and every status answer
+    /// returns: a 100,000-image selection is written once, not with every event. Without it,
+    /// each attempt exports the images the project has when the attempt starts.
     pub async fn create_job(
         &self,
         record: &JobRecord,
         limit: u64,
         idempotency_key: Option<&str>,
+        images: Option<&JobImages>,
     ) -> Result<CreateOutcome, StoreError> {
         let job = &record.job;
         let idem_key = idempotency_key.map(|k| keys::idempotency(&job.user_id, k));
@@ -166,6 +203,8 @@ impl Store {
                     Value::from(if idem_key.is_some() { "1" } else { "0" }),
                     Value::from(IDEMPOTENCY_TTL_SECS as i64),
                     Value::from(now_ms()),
+                    Value::from(images.map_or("", |i| i.lines.as_str())),
+                    Value::from(if images.is_some() { "1" } else { "0" }),
                 ],
             )
             .await?;
@@ -294,6 +333,25 @@ impl Store {
             )
             .await?;
         Ok(recorded == 1)
+    }
+
+    /// The job's fixed set of images, in project order; `None` for a job that ended (the set
+    /// is dropped then) or one created without a set.
+    pub async fn job_images(&self, id: JobId) -> Result<Option<Vec<ImageId>>, StoreError> {
+        let key = keys::job(id);
+        let lines: Option<String> = self.client().hget(&key, "images").await?;
+        match lines {
+            None => Ok(None),
+            Some(lines) if lines.is_empty() => Ok(Some(Vec::new())),
+            Some(lines) => lines
+                .lines()
+                .map(|l| {
+                    l.parse::<ImageId>()
+                        .map_err(|e| StoreError::corrupt(&key, e))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+        }
     }
 
     /// Every checkpoint of a job: item → value.

@@ -20,7 +20,7 @@ use fred::prelude::*;
 
 pub use cancel::CancelError;
 pub use events::{Envelope, EventSubscriber};
-pub use jobs::{CommitError, CreateOutcome, Lease, LeaseError, UpdateError};
+pub use jobs::{CommitError, CreateOutcome, JobImages, Lease, LeaseError, UpdateError};
 pub use keys::{CANCEL_CHANNEL, EVENTS_CHANNEL};
 pub use queue::{ExportRequest, JobQueue, QueueConfig};
 pub use stats::{DURATION_BUCKETS, FleetStats, WORKER_ALIVE, WorkerStats};

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub use cellport_runtime::JwtSecret;
 pub use cellport_runtime::postgres::{PostgresOptions, PostgresServer, WEBAPP_SCHEMA};
 pub use cellport_runtime::redis::{RedisOptions, RedisServer};
+pub use cellport_runtime::webapp;
 
 /// The signing secret of services under test (as long as the services require).
 pub const TEST_JWT_SECRET: &str = "cellport-test-signing-secret-0123456789";

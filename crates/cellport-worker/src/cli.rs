@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{WorkerConfig, run};
-use cellport_runtime::{LogFormat, RedisArgs, init_tracing, parse_duration, shutdown_signal};
+use cellport_io::SourceConfig;
+use cellport_runtime::{
+    LogFormat, RedisArgs, SourceArgs, init_tracing, parse_duration, shutdown_signal,
+};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -15,6 +18,8 @@ pub struct Args {
     /// Directory of projects and archives, shared with the api
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Export jobs this worker runs at once
     #[arg(long, env = "CELLPORT_WORKER_CONCURRENCY", default_value_t = 2)]
     concurrency: usize,
@@ -50,6 +55,8 @@ pub fn main() -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let defaults = WorkerConfig::new(args.redis.redis_url, args.data_dir);
     let config = WorkerConfig {
+        source: SourceConfig::parse(&args.source.project_source, &args.source.uploads_dir)
+            .map_err(anyhow::Error::msg)?,
         concurrency: args.concurrency,
         item_parallelism: args.item_parallelism.unwrap_or(defaults.item_parallelism),
         archive_ttl: args.archive_ttl,

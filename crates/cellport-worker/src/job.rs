@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cellport_core::{ImageRecord, JobId, JobRecord, Project, TransitionError};
+use cellport_core::{ImageId, JobId, JobRecord, Project, TransitionError};
 use cellport_pipeline::{Checkpoints, ExportContext, ExportError, ExportInput, plan_export};
 use cellport_store::{Lease, LeaseError, UpdateError};
 use futures::future::BoxFuture;
@@ -22,6 +22,9 @@ use crate::{RunningJob, WorkerState};
 
 /// How many times a job is started before a transient failure fails it for good.
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
+/// The longest wait between two tries. A project source that is down before an attempt
+/// starts costs no attempt: the job waits for it, trying again at least this often.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a running export reads its job's status, in case a cancellation message was missed.
 const STATUS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -55,19 +58,61 @@ impl<E: std::fmt::Display> From<UpdateError<E>> for JobError {
     }
 }
 
-fn selected_images(
-    images: Vec<ImageRecord>,
-    selection: Option<&Vec<cellport_core::ImageId>>,
-) -> Vec<ImageRecord> {
-    match selection {
-        None => images,
-        Some(ids) => {
-            let wanted: HashSet<_> = ids.iter().collect();
-            images
+/// Image ids read per page when a job has no stored image set.
+const IMAGE_ID_PAGE: usize = 5_000;
+
+/// The images a job exports: the set fixed when it was created; for a job created without
+/// one, the project's images as they are now (the selection among them, if any).
+async fn job_images(state: &WorkerState, record: &JobRecord) -> Result<Vec<ImageId>, JobFailure> {
+    if let Some(ids) = state.store.job_images(record.job.id).await? {
+        return Ok(ids);
+    }
+    let wanted: Option<HashSet<&ImageId>> = record
+        .job
+        .options
+        .selected_image_ids
+        .as_ref()
+        .map(|ids| ids.iter().collect());
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = state
+            .source
+            .image_id_page(&record.job.project_id, cursor.as_deref(), IMAGE_ID_PAGE)
+            .await?;
+        ids.extend(
+            page.ids
                 .into_iter()
-                .filter(|i| wanted.contains(&i.id))
-                .collect()
+                .filter(|id| wanted.as_ref().is_none_or(|w| w.contains(id))),
+        );
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(ids),
         }
+    }
+}
+
+/// Why reading what a job needs did not work out.
+enum JobFailure {
+    /// Worth another attempt (the database or Redis is down).
+    Transient(String),
+    /// Will not get better (a project that is gone, corrupt data).
+    Permanent(String),
+}
+
+impl From<cellport_io::SourceError> for JobFailure {
+    fn from(e: cellport_io::SourceError) -> JobFailure {
+        if e.is_transient() {
+            JobFailure::Transient(e.to_string())
+        } else {
+            JobFailure::Permanent(e.to_string())
+        }
+    }
+}
+
+impl From<cellport_store::StoreError> for JobFailure {
+    fn from(e: cellport_store::StoreError) -> JobFailure {
+        JobFailure::Transient(e.to_string())
     }
 }
 
@@ -250,23 +295,9 @@ pub(crate) async fn run_export(
 }
 
 async fn run_attempts(run: &Running<'_>, mut record: JobRecord) -> Result<(), JobError> {
-    let state = run.state;
-    let project_id = record.job.project_id.clone();
-    let project = match state.source.project(&project_id).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            return fail(
-                run,
-                record,
-                format!("project {project_id} no longer exists"),
-            )
-            .await;
-        }
-        Err(e) => return fail(run, record, e.to_string()).await,
-    };
     let mut backoff = Duration::from_secs(1);
     loop {
-        match attempt(run, &project, record).await? {
+        match attempt(run, record).await? {
             (_, Stopped::Done) => return Ok(()),
             (latest, Stopped::Transient(error, message)) => {
                 if latest.job.attempts >= MAX_ATTEMPTS {
@@ -281,35 +312,50 @@ async fn run_attempts(run: &Running<'_>, mut record: JobRecord) -> Result<(), Jo
                     _ = run.cancel.cancelled() => return stopped_by_cancel(run, latest).await,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff *= 2;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 record = latest;
             }
         }
     }
 }
 
+/// What an attempt reads before it starts: the project (its current members included) and
+/// the job's images.
+async fn read_job(
+    state: &WorkerState,
+    record: &JobRecord,
+) -> Result<(Project, Vec<ImageId>), JobFailure> {
+    let project_id = &record.job.project_id;
+    let project =
+        state.source.project(project_id).await?.ok_or_else(|| {
+            JobFailure::Permanent(format!("project {project_id} no longer exists"))
+        })?;
+    let images = job_images(state, record).await?;
+    Ok((project, images))
+}
+
 /// One start of the job: returns the latest record and how the attempt stopped.
-async fn attempt(
-    run: &Running<'_>,
-    project: &Project,
-    record: JobRecord,
-) -> Result<(JobRecord, Stopped), JobError> {
+async fn attempt(run: &Running<'_>, record: JobRecord) -> Result<(JobRecord, Stopped), JobError> {
     let state = run.state;
     let job_id = run.job_id;
-    let images = match state.source.images(&project.id).await {
-        Ok(images) => selected_images(images, record.job.options.selected_image_ids.as_ref()),
-        Err(e) => {
-            let message = e.to_string();
+    let (project, images) = match read_job(state, &record).await {
+        Ok(read) => read,
+        Err(JobFailure::Permanent(message)) => {
+            fail(run, record, message).await?;
+            return Ok((latest_or_default(state, job_id).await?, Stopped::Done));
+        }
+        Err(JobFailure::Transient(message)) => {
             return Ok((
                 record,
                 Stopped::Transient(JobError::Update(message.clone()), message),
             ));
         }
     };
+    let project = &project;
     let options = record.job.options.clone();
     let input = ExportInput {
         project,
-        images: &images,
+        image_ids: &images,
         options: &options,
         source: state.source.as_ref(),
         export_date: OffsetDateTime::now_utc(),
@@ -324,7 +370,16 @@ async fn attempt(
         done: state.store.checkpoints(job_id).await?.into_keys().collect(),
         lease_lost: run.lease_lost.clone(),
     };
-    let plan = plan_export(&input, &staging, &checkpoints).await;
+    let plan = match plan_export(&input, &staging, &checkpoints).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            let message = e.to_string();
+            return Ok((
+                record,
+                Stopped::Transient(JobError::Update(message.clone()), message),
+            ));
+        }
+    };
     let initial = plan.initial_progress();
     let now = OffsetDateTime::now_utc();
     let started = state
@@ -352,7 +407,7 @@ async fn attempt(
         Err(e) => return Err(e.into()),
     };
     tracing::info!(
-        images = images.len(),
+        images = plan.image_count(),
         attempt = record.job.attempts,
         items_reused = plan.items_reused(),
         "export started"

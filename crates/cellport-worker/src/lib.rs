@@ -22,7 +22,7 @@ use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
 use cellport_core::JobId;
-use cellport_io::{FileProjectStore, ProjectSource, Storage};
+use cellport_io::{ProjectSource, SourceConfig, Storage};
 use cellport_store::events::decode_job_id;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, QueueConfig, Store};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 pub struct WorkerConfig {
     pub redis_url: String,
     pub data_dir: PathBuf,
+    /// Where projects come from (the file store under `data_dir`, or the web app's database).
+    pub source: SourceConfig,
     /// Jobs run at once by this process.
     pub concurrency: usize,
     /// Items of one job processed at once.
@@ -59,6 +61,7 @@ impl WorkerConfig {
         WorkerConfig {
             redis_url: redis_url.into(),
             data_dir: data_dir.into(),
+            source: SourceConfig::Files,
             concurrency: 2,
             item_parallelism: std::thread::available_parallelism().map_or(2, usize::from),
             archive_ttl: Duration::from_secs(24 * 3600),
@@ -181,7 +184,7 @@ pub async fn run(
     let state = Arc::new(WorkerState {
         producer: JobQueue::producer(store.clone()),
         store,
-        source: Arc::new(FileProjectStore::new(&config.data_dir)),
+        source: config.source.open(&config.data_dir)?,
         storage: Storage::new(&config.data_dir),
         archive_ttl: config.archive_ttl,
         lease_ttl: config.lease_ttl,

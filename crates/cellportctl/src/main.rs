@@ -5,19 +5,20 @@ mod follow;
 mod stack;
 #[cfg(test)]
 mod tidy;
+mod webapp_sample;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cellport_core::{ProjectId, UserId};
+use cellport_core::{ProjectId, UserId, Viewer};
 use cellport_http::JwtKeys;
-use cellport_io::{FileProjectStore, ProjectSource};
+use cellport_io::{FileProjectStore, SourceConfig};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_runtime::{
-    JwtArgs, JwtSecret, LogFormat, RedisArgs, Secret, TokenRules, init_tracing_with_default,
-    parse_duration, shutdown_signal,
+    JwtArgs, JwtSecret, LogFormat, RedisArgs, Secret, SourceArgs, TokenRules,
+    init_tracing_with_default, parse_duration, shutdown_signal,
 };
 use cellport_store::Store;
 use clap::{Args, Parser, Subcommand};
@@ -86,15 +87,19 @@ enum ProjectCommand {
         /// Directory of the built-in project store
         #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// List projects, optionally only those a user may see
     List {
-        /// Only the projects this user owns or is a member of
+        /// Only the projects this user owns or is a member of (required with the postgres source)
         #[arg(long)]
         owner: Option<UserId>,
         /// Directory of the built-in project store
         #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Share a project with a user: they may export it and see and cancel its exports, old and new
     Share {
@@ -106,6 +111,8 @@ enum ProjectCommand {
         /// Directory of the built-in project store
         #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
         #[command(flatten)]
         redis: RedisArgs,
     },
@@ -119,6 +126,8 @@ struct ServeArgs {
     /// Directory of projects, archives and (when this starts one) Redis's files
     #[arg(long, env = "CELLPORT_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    source: SourceArgs,
     /// HS256 secret for tokens, at least 32 bytes [default: generated and printed]
     #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<JwtSecret>,
@@ -217,6 +226,22 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The configured project source; `import` and `share` write to the built-in store only.
+fn source_config(args: &SourceArgs) -> anyhow::Result<SourceConfig> {
+    SourceConfig::parse(&args.project_source, &args.uploads_dir).map_err(anyhow::Error::msg)
+}
+
+fn refuse_web_app_source(args: &SourceArgs, what: &str) -> anyhow::Result<()> {
+    if source_config(args)?.is_files() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{what} works on the built-in project store only: with CELLPORT_PROJECT_SOURCE set \
+             to the web app's database, the web app owns its projects and their shares"
+        )
+    }
+}
+
 async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
     match cmd {
         ProjectCommand::Import {
@@ -226,7 +251,9 @@ async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
             images,
             coco,
             data_dir,
+            source,
         } => {
+            refuse_web_app_source(&source, "project import")?;
             let store = FileProjectStore::new(&data_dir);
             let report = import_project(
                 &store,
@@ -244,11 +271,26 @@ async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
             }
             println!("{}", report.project.id);
         }
-        ProjectCommand::List { owner, data_dir } => {
-            let store = FileProjectStore::new(&data_dir);
+        ProjectCommand::List {
+            owner,
+            data_dir,
+            source,
+        } => {
+            let config = source_config(&source)?;
             let projects = match &owner {
-                Some(user) => store.projects_visible_to(user).await?,
-                None => store.all_projects().await?,
+                Some(user) => {
+                    let viewer = Viewer {
+                        user: user.clone(),
+                        email: None,
+                    };
+                    config.open(&data_dir)?.projects_visible_to(&viewer).await?
+                }
+                None if config.is_files() => {
+                    FileProjectStore::new(&data_dir).all_projects().await?
+                }
+                None => anyhow::bail!(
+                    "with the web app's database as the source, name the user: --owner USER_ID"
+                ),
             };
             for p in projects {
                 println!(
@@ -261,8 +303,10 @@ async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
             project_id,
             with,
             data_dir,
+            source,
             redis,
         } => {
+            refuse_web_app_source(&source, "project share")?;
             // Membership first: events must never reach someone the API would refuse.
             let project = FileProjectStore::new(&data_dir)
                 .share(&project_id, with.clone())
@@ -305,6 +349,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stack = LocalStack::start(StackConfig {
         redis_url: args.redis.redis_url,
         redis_dir: Some(args.data_dir.join("redis")),
+        source: source_config(&args.source)?,
         data_dir: args.data_dir,
         jwt_secret: secret,
         token_rules: args.token_rules,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cellport_api::ApiConfig;
 use cellport_gateway::GatewayConfig;
+use cellport_io::SourceConfig;
 use cellport_runtime::redis::{RedisOptions, RedisServer};
 use cellport_runtime::{JwtSecret, TokenRules};
 use cellport_store::Store;
@@ -25,6 +26,8 @@ pub struct StackConfig {
     /// Where a private redis-server keeps its AOF; a temp dir when `None`.
     pub redis_dir: Option<PathBuf>,
     pub data_dir: PathBuf,
+    /// Where projects come from.
+    pub source: SourceConfig,
     pub jwt_secret: JwtSecret,
     /// What the api and the gateway require of a token.
     pub token_rules: TokenRules,
@@ -92,6 +95,7 @@ impl LocalStack {
         let api_config = ApiConfig {
             redis_url: redis_url.clone(),
             data_dir: config.data_dir.clone(),
+            source: config.source.clone(),
             jwt_secret: config.jwt_secret.clone(),
             token_rules: config.token_rules.clone(),
             events_url: format!("ws://{gateway}/ws"),
@@ -117,6 +121,7 @@ impl LocalStack {
                 concurrency: config.worker_concurrency,
                 archive_ttl: config.archive_ttl,
                 name: Some(format!("{}-{i}", default_worker_name())),
+                source: config.source.clone(),
                 ..WorkerConfig::new(redis_url.clone(), config.data_dir.clone())
             };
             tasks.push(tokio::spawn(cellport_worker::run(

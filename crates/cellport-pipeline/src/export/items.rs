@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use cellport_core::options::AnnotationFormat;
-use cellport_core::{ExportOptions, ImageRecord};
+use cellport_core::{ExportOptions, ImageId, ImageRecord};
 use image::ImageError;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt as _;
 
-use super::plan::{staged_item_name, staged_viz_name, wants_metrics};
+use super::plan::{PlannedImage, staged_item_name, staged_viz_name, wants_metrics};
 use super::{ExportContext, ExportError, ExportInput, check_cancel};
 use crate::formats::coco::{CocoAnnotation, coco_annotations};
 use crate::formats::json::{SegmentationImage, segmentation_image};
@@ -19,99 +20,186 @@ use cellport_io::Staging;
 
 use crate::names::ImageEntryName;
 use crate::visualize::{decode_for_display_from, encode_png, render_visualization_in_place};
-use cellport_io::source::SourceError;
+use cellport_io::source::{ImageReader, SourceError};
 
 /// What one image item produced, as staged.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct StagedImage {
     pub(super) warnings: Vec<String>,
     pub(super) has_visualization: bool,
+    /// The original could not be opened: it has no `images/` entry.
+    #[serde(default)]
+    pub(super) original_missing: bool,
+    /// The size the item worked with (from the source, else the file's header; 0 unknown).
+    #[serde(default)]
+    pub(super) width: u32,
+    #[serde(default)]
+    pub(super) height: u32,
     pub(super) coco: Option<Vec<CocoAnnotation>>,
     pub(super) yolo: Option<String>,
     pub(super) json: Option<SegmentationImage>,
     pub(super) metrics: Option<Vec<MetricsRow>>,
 }
 
-/// Opens an original; a failure names the image, not the store's internal path.
+/// Opens an original. `Ok(None)`: the file is not there or may not be opened, which the
+/// export reports and goes on without; other failures name the image, not the store's path.
 pub(super) async fn open_image(
     input: &ExportInput<'_>,
     image: &ImageRecord,
-) -> Result<tokio::fs::File, ExportError> {
-    input
-        .source
-        .open_image(&input.project.id, image)
-        .await
-        .map_err(|e| {
+) -> Result<Option<ImageReader>, ExportError> {
+    match input.source.open_image(&input.project.id, image).await {
+        Ok(reader) => Ok(Some(reader)),
+        Err(SourceError::ImageFileMissing { reason, .. }) => {
+            tracing::debug!(image = %image.name, %reason, "original not available");
+            Ok(None)
+        }
+        Err(e) => {
             let reason = match e {
                 SourceError::Io { source, .. } => source.to_string(),
                 other => other.to_string(),
             };
-            ExportError::ImageUnavailable {
+            Err(ExportError::ImageUnavailable {
                 name: image.name.clone(),
                 reason,
-            }
-        })
+            })
+        }
+    }
 }
 
-/// Processes one image and stages what it produced.
-pub(super) async fn process_item<'i>(
+/// Reads an original whole, or `None` when it is not available. The source gives a stream;
+/// decoding needs to seek, and the bytes are held only while this one item renders.
+async fn read_original(
+    input: &ExportInput<'_>,
+    image: &ImageRecord,
+) -> Result<Option<Vec<u8>>, ExportError> {
+    let Some(mut reader) = open_image(input, image).await? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::with_capacity(usize::try_from(image.size_bytes).unwrap_or(0));
+    reader
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|source| ExportError::ReadImage {
+            name: image.name.clone(),
+            source,
+        })?;
+    Ok(Some(bytes))
+}
+
+/// Processes one image and stages what it produced. `record` is `None` when the image was
+/// deleted from the project while the export ran: it is staged empty, with a warning.
+pub(super) async fn process_item(
     input: &ExportInput<'_>,
     ctx: &ExportContext<'_>,
     name: &ImageEntryName,
-    image: &'i ImageRecord,
-) -> Result<&'i ImageRecord, ExportError> {
+    planned: &PlannedImage,
+    record: Option<ImageRecord>,
+) -> Result<ImageId, ExportError> {
     check_cancel(ctx.cancel)?;
     let options = input.options;
-    // The original is read, decoded, drawn on, encoded and staged on one blocking thread, so no
-    // image-sized buffer is copied between the runtime and the pool.
-    let original = if options.include_visualizations {
-        Some(open_image(input, image).await?.into_std().await)
-    } else {
-        None
+    let staged = match record {
+        None => StagedImage {
+            warnings: vec![format!(
+                "image {} was deleted from the project during the export: no files",
+                planned.name
+            )],
+            original_missing: true,
+            width: planned.width,
+            height: planned.height,
+            ..StagedImage::default()
+        },
+        Some(image) => {
+            // The original is read when something needs its pixels or its header; it is opened
+            // once more for the archive. A file that is not there is a warning, not a failure.
+            let size_unknown = image.width == 0 || image.height == 0;
+            let original = if options.include_visualizations || size_unknown {
+                read_original(input, &image).await?
+            } else {
+                None
+            };
+            let missing = if options.include_visualizations || size_unknown {
+                original.is_none()
+            } else {
+                options.include_original_images && open_image(input, &image).await?.is_none()
+            };
+            let owned_options = options.clone();
+            let file_name = name.file_name();
+            let viz_path = ctx.staging.path(&staged_viz_name(&image.id));
+            tokio::task::spawn_blocking(move || {
+                compute_item(
+                    image,
+                    &file_name,
+                    &owned_options,
+                    original,
+                    missing,
+                    &viz_path,
+                )
+            })
+            .await
+            .map_err(|e| ExportError::Io(std::io::Error::other(e)))??
+        }
     };
-    let owned_image = image.clone();
-    let owned_options = options.clone();
-    let file_name = name.file_name();
-    let viz_path = ctx.staging.path(&staged_viz_name(image));
-    let staged = tokio::task::spawn_blocking(move || {
-        compute_item(
-            &owned_image,
-            &file_name,
-            &owned_options,
-            original,
-            &viz_path,
-        )
-    })
-    .await
-    .map_err(|e| ExportError::Io(std::io::Error::other(e)))??;
     let bytes = serde_json::to_vec(&staged).expect("staged items serialize");
-    ctx.staging.write(&staged_item_name(image), &bytes).await?;
-    Ok(image)
+    ctx.staging
+        .write(&staged_item_name(&planned.id), &bytes)
+        .await?;
+    Ok(planned.id.clone())
 }
 
 /// The CPU part of an item: geometry, annotations, metrics and the rendered visualization.
 fn compute_item(
-    image: &ImageRecord,
+    mut image: ImageRecord,
     file_name: &str,
     options: &ExportOptions,
-    original: Option<std::fs::File>,
+    mut original: Option<Vec<u8>>,
+    missing: bool,
     viz_path: &Path,
 ) -> Result<StagedImage, ExportError> {
-    let (prepared, hole_parents) = prepare_image_with_hole_parents(image);
+    let mut warnings = std::mem::take(&mut image.warnings);
+    if missing {
+        warnings.push(format!(
+            "image {}: file not available: no image file and no visualization",
+            image.name
+        ));
+    }
+    if image.width == 0 || image.height == 0 {
+        let header = original.as_deref().and_then(|bytes| {
+            image::ImageReader::new(std::io::Cursor::new(bytes))
+                .with_guessed_format()
+                .ok()
+                .and_then(|r| r.into_dimensions().ok())
+        });
+        match header {
+            Some((width, height)) => (image.width, image.height) = (width, height),
+            None => {
+                warnings.push(format!(
+                    "image {}: size unknown: no visualization and no YOLO label",
+                    image.name
+                ));
+                original = None;
+            }
+        }
+    }
+    let size_known = image.width > 0 && image.height > 0;
+    let (prepared, hole_parents) = prepare_image_with_hole_parents(&image);
+    warnings.extend(prepared.warnings.iter().cloned());
     let mut staged = StagedImage {
-        warnings: prepared.warnings.clone(),
+        warnings,
+        original_missing: missing,
+        width: image.width,
+        height: image.height,
         ..StagedImage::default()
     };
     let formats = &options.annotation_formats;
     if formats.contains(&AnnotationFormat::Coco) {
         staged.coco = Some(coco_annotations(&prepared, image.width, image.height));
     }
-    if formats.contains(&AnnotationFormat::Yolo) {
+    if formats.contains(&AnnotationFormat::Yolo) && size_known {
         staged.yolo = Some(yolo_label(&prepared, image.width, image.height));
     }
     if formats.contains(&AnnotationFormat::Json) {
         staged.json = Some(segmentation_image(
-            image,
+            &image,
             file_name,
             &prepared,
             &hole_parents,
@@ -120,10 +208,10 @@ fn compute_item(
     if wants_metrics(options) {
         staged.metrics = Some(measure_image(file_name, &image.id, &prepared));
     }
-    if let Some(file) = original {
-        // Decoded straight from the file: the encoded bytes are never held beside the pixels,
-        // and the drawing reuses the decoded buffer.
-        match decode_for_display_from(std::io::BufReader::new(file)) {
+    if let Some(bytes) = original.filter(|_| options.include_visualizations) {
+        // The drawing reuses the decoded buffer; the encoded bytes go once it is decoded.
+        let decoded = decode_for_display_from(std::io::Cursor::new(bytes));
+        match decoded {
             Ok(base) => {
                 let png = encode_png(&render_visualization_in_place(
                     base,

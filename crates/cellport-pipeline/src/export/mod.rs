@@ -14,7 +14,9 @@ mod writers;
 use async_zip::Compression;
 use async_zip::base::write::ZipFileWriter;
 use cellport_core::progress::ProgressSnapshot;
-use cellport_core::{ExportOptions, ImageRecord, Project, VERSION};
+use std::collections::HashMap;
+
+use cellport_core::{ExportOptions, ImageId, ImageRecord, Project, VERSION};
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use serde_json::json;
@@ -22,13 +24,13 @@ use time::OffsetDateTime;
 use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
-pub use plan::{ExportPlan, plan_export, plan_tasks};
+pub use plan::{ExportPlan, plan_export};
 
 use crate::docs;
 use cellport_io::source::{ProjectSource, SourceError};
 use cellport_io::storage::Staging;
 use items::{open_image, process_item};
-use plan::{Reporter, item_costs, item_key, staged_viz_name};
+use plan::{IMAGE_PAGE, PlannedImage, Reporter, item_costs, item_key, staged_viz_name};
 use writers::{ArchiveWriter, build_documents};
 
 /// Bytes read per write when copying into the archive; also the granularity of its progress.
@@ -91,11 +93,12 @@ impl Checkpoints for NoCheckpoints {
     }
 }
 
-/// What one export works on. `images` are the selected images, in project order.
+/// What one export works on. `image_ids` are the job's images, in project order: fixed when
+/// the job was created, read from the source a page at a time.
 #[derive(Clone, Copy)]
 pub struct ExportInput<'a> {
     pub project: &'a Project,
-    pub images: &'a [ImageRecord],
+    pub image_ids: &'a [ImageId],
     pub options: &'a ExportOptions,
     pub source: &'a dyn ProjectSource,
     pub export_date: OffsetDateTime,
@@ -123,6 +126,27 @@ pub struct ExportSummary {
     pub items_processed: usize,
 }
 
+/// Reads one page of the items to process with their polygons: (index, record), where the
+/// record is `None` for an image deleted from the project since the attempt was planned.
+async fn read_page(
+    input: &ExportInput<'_>,
+    images: &[PlannedImage],
+    page: &[usize],
+) -> Result<Vec<(usize, Option<ImageRecord>)>, ExportError> {
+    let ids: Vec<ImageId> = page.iter().map(|&i| images[i].id.clone()).collect();
+    let mut records: HashMap<ImageId, ImageRecord> = input
+        .source
+        .images_by_ids(&input.project.id, &ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    Ok(page
+        .iter()
+        .map(|&i| (i, records.remove(&images[i].id)))
+        .collect())
+}
+
 fn check_cancel(cancel: &CancellationToken) -> Result<(), ExportError> {
     if cancel.is_cancelled() {
         Err(ExportError::Cancelled)
@@ -140,7 +164,7 @@ pub async fn export_archive<W>(
 where
     W: AsyncWrite + Unpin,
 {
-    let plan = plan_export(input, ctx.staging, ctx.checkpoints).await;
+    let plan = plan_export(input, ctx.staging, ctx.checkpoints).await?;
     run_export(input, ctx, plan, out).await
 }
 
@@ -161,7 +185,9 @@ where
         tracker,
         item_tasks,
         archive_task,
+        images,
         names,
+        warnings: plan_warnings,
         todo,
         reused,
     } = plan;
@@ -176,15 +202,40 @@ where
     });
 
     // Phase one: the items earlier attempts did not finish.
+    // Their polygons are read a page at a time, the next page once the items of the one
+    // before are all under way, so at most one page and the items in flight are held.
     let processed = todo.len();
-    let mut results = futures::stream::iter(todo)
-        .map(|index| process_item(input, ctx, &names[index], &input.images[index]))
-        .buffer_unordered(ctx.parallelism.max(1));
-    while let Some(result) = results.next().await {
-        let image = result?;
+    let parallelism = ctx.parallelism.max(1);
+    let by_id: HashMap<&ImageId, &PlannedImage> = images.iter().map(|i| (&i.id, i)).collect();
+    let mut pages = todo.chunks(IMAGE_PAGE);
+    let mut waiting = std::collections::VecDeque::new();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    loop {
+        while in_flight.len() < parallelism {
+            if waiting.is_empty() {
+                match pages.next() {
+                    Some(page) => waiting.extend(read_page(input, &images, page).await?),
+                    None => break,
+                }
+            }
+            let Some((index, record)) = waiting.pop_front() else {
+                break;
+            };
+            in_flight.push(process_item(
+                input,
+                ctx,
+                &names[index],
+                &images[index],
+                record,
+            ));
+        }
+        let Some(result) = in_flight.next().await else {
+            break;
+        };
+        let id = result?;
         check_cancel(ctx.cancel)?;
-        ctx.checkpoints.record(&item_key(image)).await?;
-        let costs = item_costs(image, input.options);
+        ctx.checkpoints.record(&item_key(&id)).await?;
+        let costs = item_costs(by_id[&id], input.options);
         reporter.update(|t| {
             for (task, cost) in item_tasks.iter().zip(costs) {
                 if cost > 0 {
@@ -193,12 +244,13 @@ where
             }
         });
     }
-    drop(results);
+    drop(in_flight);
     check_cancel(ctx.cancel)?;
 
     // Phase two: the archive, from the originals and the staged outputs.
     reporter.update(|t| t.start_task(archive_task));
-    let documents = build_documents(input, ctx.staging, &names).await?;
+    let mut documents = build_documents(input, ctx.staging, &images, &names).await?;
+    documents.warnings.splice(0..0, plan_warnings);
     let mut archive = ArchiveWriter {
         zip: ZipFileWriter::with_tokio(out),
         entries: Vec::new(),
@@ -208,22 +260,32 @@ where
         cancel: ctx.cancel,
     };
     if input.options.include_original_images {
-        for (image, name) in input.images.iter().zip(&names) {
-            let file = open_image(input, image).await?;
-            archive
-                .copy(
-                    &format!("images/{}", name.file_name()),
-                    file,
-                    Compression::Stored,
-                    &image.name,
-                )
-                .await?;
+        for (image, name) in images.iter().zip(&names) {
+            if documents.missing_originals.contains(&image.id) {
+                continue;
+            }
+            let record = image.as_record();
+            match open_image(input, &record).await? {
+                Some(file) => {
+                    archive
+                        .copy(
+                            &format!("images/{}", name.file_name()),
+                            file,
+                            Compression::Stored,
+                            &image.name,
+                        )
+                        .await?;
+                }
+                None => documents.warnings.push(format!(
+                    "image {}: file not available: no image file",
+                    image.name
+                )),
+            }
         }
     }
     if input.options.include_visualizations {
-        for (image, name) in input.images.iter().zip(&names) {
-            let path = ctx.staging.path(&staged_viz_name(image));
-            if let Ok(file) = tokio::fs::File::open(&path).await {
+        for (image, name) in images.iter().zip(&names) {
+            if let Some(file) = ctx.staging.open(&staged_viz_name(&image.id)).await? {
                 let entry = format!("visualizations/{}_viz.png", name.stem);
                 archive
                     .copy(&entry, file, Compression::Stored, &entry)
@@ -232,7 +294,10 @@ where
         }
     }
     for (entry, staged) in &documents.files {
-        let file = tokio::fs::File::open(ctx.staging.path(staged)).await?;
+        let file =
+            ctx.staging.open(staged).await?.ok_or_else(|| {
+                std::io::Error::other(format!("staged document {staged} vanished"))
+            })?;
         archive
             .copy(entry, file, Compression::Deflate, entry)
             .await?;
@@ -242,14 +307,14 @@ where
             "projectId": input.project.id,
             "projectName": input.project.name,
             "exportDate": input.export_date.format(&time::format_description::well_known::Rfc3339).expect("formattable date"),
-            "imageCount": input.images.len(),
+            "imageCount": images.len(),
             "exportOptions": input.options,
             "version": VERSION,
             "warnings": documents.warnings,
         });
         let readme = docs::readme(
             &input.project.name,
-            input.images.len(),
+            images.len(),
             input.options,
             documents.warnings.len(),
         );

@@ -2,18 +2,20 @@
 //! reporter that turns the tracker's state into progress reports.
 //!
 //! Planning comes before the attempt publishes anything, so a resumed attempt's first event
-//! already counts the items it reuses from checkpoints.
+//! already counts the items it reuses from checkpoints. It reads the job's images from the
+//! source a page at a time and keeps only what names, weighs and lists them
+//! ([`PlannedImage`]): the polygons are read again, a page at a time, when the items run.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cellport_core::progress::{PlannedTask, ProgressSnapshot, ProgressTracker};
-use cellport_core::{ExportOptions, ImageRecord};
+use cellport_core::{ExportOptions, ImageId, ImageRecord};
 
 use super::items::StagedImage;
 use super::{
-    Checkpoints, ExportInput, ProgressSink, TASK_ANNOTATIONS, TASK_ARCHIVE, TASK_METRICS,
-    TASK_VISUALIZATIONS,
+    Checkpoints, ExportError, ExportInput, ProgressSink, TASK_ANNOTATIONS, TASK_ARCHIVE,
+    TASK_METRICS, TASK_VISUALIZATIONS,
 };
 use crate::names::{ImageEntryName, StemAllocator};
 use cellport_io::storage::Staging;
@@ -36,9 +38,52 @@ pub(super) fn wants_metrics(options: &ExportOptions) -> bool {
     !options.metrics_formats.is_empty()
 }
 
+/// Images read from the source per page, while planning and while running the items.
+pub(super) const IMAGE_PAGE: usize = 256;
+
+/// What an attempt keeps of one image between reading it and processing it: no polygons.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct PlannedImage {
+    pub(super) id: ImageId,
+    pub(super) name: String,
+    /// 0 when the source does not know it: the item reads it from the file's header.
+    pub(super) width: u32,
+    pub(super) height: u32,
+    pub(super) size_bytes: u64,
+    pub(super) polygons: usize,
+}
+
+impl PlannedImage {
+    pub(super) fn of(image: &ImageRecord) -> PlannedImage {
+        PlannedImage {
+            id: image.id.clone(),
+            name: image.name.clone(),
+            width: image.width,
+            height: image.height,
+            size_bytes: image.size_bytes,
+            polygons: image.polygons.len(),
+        }
+    }
+}
+
+impl PlannedImage {
+    /// The image as the source knows it, without polygons: what opening its original needs.
+    pub(super) fn as_record(&self) -> ImageRecord {
+        ImageRecord {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            width: self.width,
+            height: self.height,
+            size_bytes: self.size_bytes,
+            polygons: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// Per-image costs of the three item tasks.
-pub(super) fn item_costs(image: &ImageRecord, options: &ExportOptions) -> [u64; 3] {
-    let polygons = image.polygons.len() as u64 + 1;
+pub(super) fn item_costs(image: &PlannedImage, options: &ExportOptions) -> [u64; 3] {
+    let polygons = image.polygons as u64 + 1;
     [
         if options.include_visualizations {
             (u64::from(image.width) * u64::from(image.height)).max(1) * COST_PER_PIXEL_RENDERED
@@ -60,11 +105,10 @@ pub(super) fn item_costs(image: &ImageRecord, options: &ExportOptions) -> [u64; 
 
 /// The tasks of an export and their costs, in the order they run. Tasks the options
 /// leave out stay in the list with no items, so clients show them as skipped.
-pub fn plan_tasks(input: &ExportInput<'_>) -> Vec<PlannedTask> {
-    let opts = input.options;
-    let n = input.images.len() as u64;
+fn plan_tasks(images: &[PlannedImage], opts: &ExportOptions) -> Vec<PlannedTask> {
+    let n = images.len() as u64;
     let mut costs = [0u64; 3];
-    for image in input.images {
+    for image in images {
         for (total, cost) in costs.iter_mut().zip(item_costs(image, opts)) {
             *total += cost;
         }
@@ -74,8 +118,7 @@ pub fn plan_tasks(input: &ExportInput<'_>) -> Vec<PlannedTask> {
         if wants_annotations(opts) { n } else { 0 },
         if wants_metrics(opts) { n } else { 0 },
     ];
-    let archive_bytes: u64 = input
-        .images
+    let archive_bytes: u64 = images
         .iter()
         .map(|i| {
             let original = if opts.include_original_images {
@@ -89,7 +132,7 @@ pub fn plan_tasks(input: &ExportInput<'_>) -> Vec<PlannedTask> {
                 0
             };
             let docs = if wants_annotations(opts) || wants_metrics(opts) {
-                (i.polygons.len() as u64 + 1) * DOC_BYTES_PER_POLYGON
+                (i.polygons as u64 + 1) * DOC_BYTES_PER_POLYGON
             } else {
                 0
             };
@@ -116,16 +159,16 @@ pub fn plan_tasks(input: &ExportInput<'_>) -> Vec<PlannedTask> {
 }
 
 /// The key of an image's item in checkpoints and staging.
-pub(super) fn item_key(image: &ImageRecord) -> String {
-    format!("image:{}", image.id)
+pub(super) fn item_key(image: &ImageId) -> String {
+    format!("image:{image}")
 }
 
-pub(super) fn staged_item_name(image: &ImageRecord) -> String {
-    format!("items/{}.json", image.id)
+pub(super) fn staged_item_name(image: &ImageId) -> String {
+    format!("items/{image}.json")
 }
 
-pub(super) fn staged_viz_name(image: &ImageRecord) -> String {
-    format!("viz/{}.png", image.id)
+pub(super) fn staged_viz_name(image: &ImageId) -> String {
+    format!("viz/{image}.png")
 }
 
 /// What one attempt starts from: made by [`plan_export`] before the attempt publishes anything.
@@ -135,8 +178,12 @@ pub struct ExportPlan {
     /// The tasks' indices in the tracker: the three item tasks, then the archive.
     pub(super) item_tasks: [usize; 3],
     pub(super) archive_task: usize,
+    /// The job's images that are still in the project, in project order.
+    pub(super) images: Vec<PlannedImage>,
     /// Every image's entry names, in project order.
     pub(super) names: Vec<ImageEntryName>,
+    /// What planning found: images of the job deleted from the project since.
+    pub(super) warnings: Vec<String>,
     /// Indices of the images this attempt processes; the rest are reused from checkpoints.
     pub(super) todo: Vec<usize>,
     pub(super) reused: usize,
@@ -152,6 +199,36 @@ impl ExportPlan {
     pub fn items_reused(&self) -> usize {
         self.reused
     }
+
+    /// The images this attempt exports.
+    pub fn image_count(&self) -> usize {
+        self.images.len()
+    }
+}
+
+/// Reads the job's images a page at a time and keeps what the plan needs of them; an image
+/// deleted from the project since the job was created is a warning.
+async fn read_images(
+    input: &ExportInput<'_>,
+) -> Result<(Vec<PlannedImage>, Vec<String>), ExportError> {
+    let mut images = Vec::with_capacity(input.image_ids.len());
+    let mut warnings = Vec::new();
+    for page in input.image_ids.chunks(IMAGE_PAGE) {
+        let records = input.source.images_by_ids(&input.project.id, page).await?;
+        let mut records = records.iter().peekable();
+        for id in page {
+            match records.peek() {
+                Some(record) if record.id == *id => {
+                    images.push(PlannedImage::of(record));
+                    records.next();
+                }
+                _ => warnings.push(format!(
+                    "image {id} was deleted from the project after the export was created: skipped"
+                )),
+            }
+        }
+    }
+    Ok((images, warnings))
 }
 
 /// Plans one attempt: the tasks, the entry names, and which items earlier attempts finished
@@ -160,8 +237,9 @@ pub async fn plan_export(
     input: &ExportInput<'_>,
     staging: &Staging,
     checkpoints: &dyn Checkpoints,
-) -> ExportPlan {
-    let plan = plan_tasks(input);
+) -> Result<ExportPlan, ExportError> {
+    let (images, warnings) = read_images(input).await?;
+    let plan = plan_tasks(&images, input.options);
     let task = |name: &str| {
         plan.iter()
             .position(|t| t.name == name)
@@ -175,15 +253,12 @@ pub async fn plan_export(
     let archive_task = task(TASK_ARCHIVE);
     let mut tracker = ProgressTracker::new(&plan);
     let mut stems = StemAllocator::default();
-    let names = input
-        .images
-        .iter()
-        .map(|img| stems.assign(&img.name))
-        .collect();
+    let names = images.iter().map(|img| stems.assign(&img.name)).collect();
     let mut reused = 0;
     let mut todo = Vec::new();
-    for (index, image) in input.images.iter().enumerate() {
-        let staged = checkpoints.is_done(&item_key(image)) && is_staged(staging, image).await;
+    for (index, image) in images.iter().enumerate() {
+        let staged =
+            checkpoints.is_done(&item_key(&image.id)) && is_staged(staging, &image.id).await;
         if staged {
             reused += 1;
             for (task, cost) in item_tasks.iter().zip(item_costs(image, input.options)) {
@@ -195,19 +270,21 @@ pub async fn plan_export(
             todo.push(index);
         }
     }
-    ExportPlan {
+    Ok(ExportPlan {
         tracker,
         item_tasks,
         archive_task,
+        images,
         names,
+        warnings,
         todo,
         reused,
-    }
+    })
 }
 
 /// Whether an item's staged outputs are all there: its staged record, and its visualization
 /// unless it has none (an unreadable image is finished without one).
-async fn is_staged(staging: &Staging, image: &ImageRecord) -> bool {
+async fn is_staged(staging: &Staging, image: &ImageId) -> bool {
     let Ok(Some(bytes)) = staging.read(&staged_item_name(image)).await else {
         return false;
     };
@@ -254,14 +331,7 @@ mod tests {
     async fn an_item_staged_without_a_visualization_is_reused() {
         let dir = tempfile::tempdir().unwrap();
         let staging = Storage::new(dir.path()).staging(JobId::new());
-        let image = ImageRecord {
-            id: "7".parse().unwrap(),
-            name: "broken.tif".into(),
-            width: 8,
-            height: 8,
-            size_bytes: 10,
-            polygons: Vec::new(),
-        };
+        let image: ImageId = "7".parse().unwrap();
         assert!(!is_staged(&staging, &image).await, "nothing staged yet");
         let stage = |has_visualization| {
             serde_json::to_vec(&StagedImage {

@@ -1,6 +1,7 @@
 //! Phase two of an export: the annotation and metrics documents, built by streaming writers
 //! from the staged items, and the ZIP written entry by entry with progress per chunk.
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -8,14 +9,14 @@ use std::sync::Arc;
 use async_zip::base::write::ZipFileWriter;
 use async_zip::{Compression, ZipEntryBuilder};
 use cellport_core::options::{AnnotationFormat, MetricsFormat};
-use cellport_core::{ExportOptions, ImageRecord, VERSION};
+use cellport_core::{ExportOptions, ImageId, VERSION};
 use futures::AsyncWriteExt as _;
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::items::StagedImage;
-use super::plan::{COST_PER_BYTE_ARCHIVED, Reporter, staged_item_name};
+use super::plan::{COST_PER_BYTE_ARCHIVED, PlannedImage, Reporter, staged_item_name};
 use super::{ExportError, ExportInput, check_cancel};
 use crate::formats::coco::{CocoImage, CocoInfo, CocoWriter};
 use crate::formats::json::{SegmentationJsonWriter, SegmentationMetadata};
@@ -29,21 +30,18 @@ pub(super) struct Documents {
     /// Archive entry → staged file, in archive order.
     pub(super) files: Vec<(String, String)>,
     pub(super) warnings: Vec<String>,
+    /// Images whose original the items could not open: no `images/` entry.
+    pub(super) missing_originals: HashSet<ImageId>,
 }
 
 pub(super) async fn build_documents(
     input: &ExportInput<'_>,
     staging: &Staging,
+    images: &[PlannedImage],
     names: &[ImageEntryName],
 ) -> Result<Documents, ExportError> {
-    let images: Arc<Vec<(ImageRecord, ImageEntryName)>> = Arc::new(
-        input
-            .images
-            .iter()
-            .cloned()
-            .zip(names.iter().cloned())
-            .collect(),
-    );
+    let images: Arc<Vec<(PlannedImage, ImageEntryName)>> =
+        Arc::new(images.iter().cloned().zip(names.iter().cloned()).collect());
     let options = input.options.clone();
     let staging = staging.clone();
     let created = input.export_date;
@@ -62,13 +60,31 @@ fn create(path: &Path) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
     Ok(std::io::BufWriter::new(std::fs::File::create(path)?))
 }
 
-fn read_staged(staging: &Staging, image: &ImageRecord) -> std::io::Result<StagedImage> {
+fn read_staged(staging: &Staging, image: &ImageId) -> std::io::Result<StagedImage> {
     let bytes = std::fs::read(staging.path(&staged_item_name(image)))?;
     serde_json::from_slice(&bytes).map_err(std::io::Error::other)
 }
 
+/// Each image's size as the items worked with it: the source's, or for an image whose size
+/// the source did not know, what its item read from the file (a first pass over those items).
+fn image_sizes(
+    images: &[(PlannedImage, ImageEntryName)],
+    staging: &Staging,
+) -> std::io::Result<Vec<(u32, u32)>> {
+    images
+        .iter()
+        .map(|(image, _)| {
+            if image.width > 0 && image.height > 0 {
+                Ok((image.width, image.height))
+            } else {
+                read_staged(staging, &image.id).map(|s| (s.width, s.height))
+            }
+        })
+        .collect()
+}
+
 fn write_documents(
-    images: &[(ImageRecord, ImageEntryName)],
+    images: &[(PlannedImage, ImageEntryName)],
     options: &ExportOptions,
     staging: &Staging,
     created: OffsetDateTime,
@@ -82,32 +98,31 @@ fn write_documents(
     let mut files = Vec::new();
     let mut warnings = Vec::new();
 
-    let mut coco = if formats.contains(&AnnotationFormat::Coco) {
-        let info = CocoInfo {
-            description: project_name,
-            version: VERSION,
-            date_created: created,
-        };
-        let file_names: Vec<String> = images.iter().map(|(_, n)| n.file_name()).collect();
-        let coco_images =
-            images
-                .iter()
-                .zip(&file_names)
-                .enumerate()
-                .map(|(i, ((img, _), file_name))| CocoImage {
+    let mut coco =
+        if formats.contains(&AnnotationFormat::Coco) {
+            let info = CocoInfo {
+                description: project_name,
+                version: VERSION,
+                date_created: created,
+            };
+            let file_names: Vec<String> = images.iter().map(|(_, n)| n.file_name()).collect();
+            let sizes = image_sizes(images, staging)?;
+            let coco_images = file_names.iter().zip(sizes).enumerate().map(
+                |(i, (file_name, (width, height)))| CocoImage {
                     id: i as u64 + 1,
                     file_name,
-                    width: img.width,
-                    height: img.height,
-                });
-        Some(CocoWriter::start(
-            create(&staging.path(&format!("{docs}/coco.json")))?,
-            &info,
-            coco_images,
-        )?)
-    } else {
-        None
-    };
+                    width,
+                    height,
+                },
+            );
+            Some(CocoWriter::start(
+                create(&staging.path(&format!("{docs}/coco.json")))?,
+                &info,
+                coco_images,
+            )?)
+        } else {
+            None
+        };
     let mut segmentation = if formats.contains(&AnnotationFormat::Json) {
         let metadata = SegmentationMetadata {
             version: VERSION,
@@ -139,9 +154,13 @@ fn write_documents(
         None
     };
     let mut yolo_files = Vec::new();
+    let mut missing_originals = HashSet::new();
     for (i, (image, name)) in images.iter().enumerate() {
-        let staged = read_staged(staging, image)?;
+        let staged = read_staged(staging, &image.id)?;
         warnings.extend(staged.warnings);
+        if staged.original_missing {
+            missing_originals.insert(image.id.clone());
+        }
         if let (Some(writer), Some(annotations)) = (coco.as_mut(), &staged.coco) {
             writer.write_annotations(i as u64 + 1, annotations)?;
         }
@@ -193,7 +212,7 @@ fn write_documents(
         let mut failed = None;
         let rows = images
             .iter()
-            .flat_map(|(image, _)| match read_staged(staging, image) {
+            .flat_map(|(image, _)| match read_staged(staging, &image.id) {
                 Ok(staged) => staged.metrics.unwrap_or_default(),
                 Err(e) => {
                     failed.get_or_insert(e);
@@ -223,7 +242,11 @@ fn write_documents(
             format!("{docs}/metrics.json"),
         ));
     }
-    Ok(Documents { files, warnings })
+    Ok(Documents {
+        files,
+        warnings,
+        missing_originals,
+    })
 }
 
 /// The ZIP being written, with progress and cancellation per chunk.

@@ -263,6 +263,7 @@ mod tests {
                 .into_iter()
                 .map(|(kind, points)| Polygon { kind, points })
                 .collect(),
+            warnings: Vec::new(),
         }
     }
 

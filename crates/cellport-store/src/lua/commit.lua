@@ -56,7 +56,8 @@ end
 if new == 'completed' or new == 'failed' or new == 'cancelled' then
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[3], ARGV[8])
-  redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_expires')
+  -- No attempt will read the job's image set again.
+  redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_expires', 'images')
   if new == 'cancelled' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
   if new == 'completed' and ARGV[9] ~= '' then redis.call('ZADD', KEYS[4], ARGV[9], ARGV[8]) end
 elseif new == 'pending' then

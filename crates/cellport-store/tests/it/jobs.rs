@@ -33,11 +33,11 @@ async fn a_stale_writer_loses_and_a_final_job_stays_final() -> anyhow::Result<()
     let record = new_record();
     let id = record.job.id;
     assert_eq!(
-        store.create_job(&record, 10, None).await?,
+        store.create_job(&record, 10, None, None).await?,
         CreateOutcome::Created
     );
     assert!(
-        store.create_job(&record, 10, None).await.is_err(),
+        store.create_job(&record, 10, None, None).await.is_err(),
         "ids are never reused"
     );
 
@@ -148,7 +148,7 @@ async fn cancel_racing_completion_never_yields_two_endings() -> anyhow::Result<(
     for _ in 0..rounds {
         let record = new_record();
         let id = record.job.id;
-        store.create_job(&record, 1000, None).await?;
+        store.create_job(&record, 1000, None, None).await?;
         let lease = store
             .acquire_lease(id, "worker", Duration::from_secs(10))
             .await?;
@@ -192,12 +192,12 @@ async fn idempotency_keys_and_the_per_user_limit() -> anyhow::Result<()> {
     let store = Store::connect(&redis.url()).await?;
     let first = new_record();
     assert_eq!(
-        store.create_job(&first, 2, Some("k1")).await?,
+        store.create_job(&first, 2, Some("k1"), None).await?,
         CreateOutcome::Created
     );
     let again = new_record();
     assert_eq!(
-        store.create_job(&again, 2, Some("k1")).await?,
+        store.create_job(&again, 2, Some("k1"), None).await?,
         CreateOutcome::Existing(first.job.id)
     );
     assert!(
@@ -205,11 +205,11 @@ async fn idempotency_keys_and_the_per_user_limit() -> anyhow::Result<()> {
         "a repeated key creates nothing"
     );
     assert_eq!(
-        store.create_job(&new_record(), 2, None).await?,
+        store.create_job(&new_record(), 2, None, None).await?,
         CreateOutcome::Created
     );
     assert_eq!(
-        store.create_job(&new_record(), 2, Some("k2")).await?,
+        store.create_job(&new_record(), 2, Some("k2"), None).await?,
         CreateOutcome::Limited { active: 2 }
     );
     // Ending a job frees a slot.
@@ -220,7 +220,7 @@ async fn idempotency_keys_and_the_per_user_limit() -> anyhow::Result<()> {
         })
         .await?;
     assert_eq!(
-        store.create_job(&new_record(), 2, Some("k2")).await?,
+        store.create_job(&new_record(), 2, Some("k2"), None).await?,
         CreateOutcome::Created
     );
     Ok(())
@@ -234,7 +234,7 @@ async fn history_pages_newest_first_without_gaps_or_repeats() -> anyhow::Result<
     for _ in 0..7 {
         let record = new_record();
         created.push(record.job.id);
-        store.create_job(&record, 100, None).await?;
+        store.create_job(&record, 100, None, None).await?;
     }
     let mut seen = Vec::new();
     let mut cursor = None;
@@ -261,7 +261,7 @@ async fn counters_follow_every_status_change() -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     let (done, dropped) = (new_record(), new_record());
     for record in [&done, &dropped] {
-        store.create_job(record, 100, None).await?;
+        store.create_job(record, 100, None, None).await?;
     }
     let stats = store.fleet_stats().await?;
     assert_eq!(stats.jobs_with("pending"), 2);
@@ -324,7 +324,7 @@ async fn pending_jobs_stay_listed_until_queued_or_started() -> anyhow::Result<()
     let store = Store::connect(&redis.url()).await?;
     let (queued, started, stranded) = (new_record(), new_record(), new_record());
     for record in [&queued, &started, &stranded] {
-        store.create_job(record, 100, None).await?;
+        store.create_job(record, 100, None, None).await?;
     }
     store.mark_queued(queued.job.id).await?;
     let now = OffsetDateTime::now_utc();
@@ -375,7 +375,7 @@ async fn data_of_the_first_layout_is_migrated_once() -> anyhow::Result<()> {
     // What the first layout left: history scored by creation time, no counters, no stamp.
     let records: Vec<JobRecord> = (0..3).map(|_| new_record()).collect();
     for record in &records {
-        store.create_job(record, 100, None).await?;
+        store.create_job(record, 100, None, None).await?;
     }
     let raw = Builder::from_config(Config::from_url(&redis.url())?).build()?;
     raw.init().await?;
@@ -462,7 +462,7 @@ async fn a_new_member_is_admitted_to_the_projects_open_jobs() -> anyhow::Result<
     for _ in 0..3 {
         let record = new_record();
         ids.push(record.job.id);
-        store.create_job(&record, 10, None).await?;
+        store.create_job(&record, 10, None, None).await?;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let now = OffsetDateTime::now_utc();

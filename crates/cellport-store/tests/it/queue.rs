@@ -191,7 +191,7 @@ async fn a_duplicate_entry_is_dropped_only_while_the_run_keeps_its_own() -> anyh
     let _: () = raw.xgroup_create(STREAM, GROUP, "0", true).await?;
     let record = crate::jobs::new_record();
     let job = record.job.id;
-    store.create_job(&record, 10, None).await?;
+    store.create_job(&record, 10, None, None).await?;
     let mut entries = Vec::new();
     for _ in 0..3 {
         let id: String = raw

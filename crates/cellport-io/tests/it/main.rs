@@ -1,0 +1,3 @@
+//! Integration tests of the project sources against the real servers they read.
+
+mod postgres;
