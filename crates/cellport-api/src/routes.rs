@@ -265,9 +265,15 @@ pub(crate) async fn start_export(
         OffsetDateTime::now_utc(),
     );
     let job_id = job.id;
+    // The creator follows their export even when only their token's e-mail shares the project
+    // with them (the source resolves members from its users).
+    let mut audience = project.audience();
+    if !audience.contains(&caller.user) {
+        audience.push(caller.user.clone());
+    }
     let record = JobRecord {
         job,
-        audience: project.audience(),
+        audience,
         archive: None,
     };
     match state

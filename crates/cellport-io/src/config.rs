@@ -54,12 +54,28 @@ impl SourceConfig {
     }
 }
 
-/// A URL with its password replaced, for logs and errors.
+/// A URL with its password replaced (in the user info or a `password=` parameter), for logs
+/// and errors.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
     let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=[redacted]")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
     match authority.rsplit_once('@') {
         Some((credentials, host)) => {
             let user = credentials.split(':').next().unwrap_or_default();
@@ -70,7 +86,7 @@ fn redact(url: &str) -> String {
             };
             format!("{scheme}://{user}{hidden}@{host}{tail}")
         }
-        None => url.to_owned(),
+        None => format!("{scheme}://{authority}{tail}"),
     }
 }
 
@@ -111,6 +127,10 @@ mod tests {
         assert_eq!(
             redact("postgresql://db.internal/cells?sslmode=disable"),
             "postgresql://db.internal/cells?sslmode=disable"
+        );
+        assert_eq!(
+            redact("postgres://db/cells?user=app&password=s3cret"),
+            "postgres://db/cells?user=app&password=[redacted]"
         );
     }
 }

@@ -533,11 +533,33 @@ impl PostgresProjectSource {
         if !resolved.starts_with(&root) {
             return Err(missing(LEAVES_UPLOADS));
         }
-        let file = File::open(&resolved).await.map_err(fail)?;
-        if !file.metadata().await.map_err(fail)?.is_file() {
+        // Checked before opening: opening a FIFO would block. The resolved path has no
+        // symlink left, and opening refuses one swapped in since.
+        if !tokio::fs::metadata(&resolved)
+            .await
+            .map_err(fail)?
+            .is_file()
+        {
             return Err(missing("not a file"));
         }
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&resolved)
+            .await
+            .map_err(fail)?;
         Ok(file)
+    }
+}
+
+impl PostgresProjectSource {
+    /// Every project of the web app, oldest first (`cellportctl project list` without a user).
+    pub async fn all_projects(&self) -> Result<Vec<Project>, SourceError> {
+        let client = self.client().await?;
+        let sql =
+            format!(r#"SELECT {PROJECT_COLUMNS} FROM projects p ORDER BY p."createdAt", p.id"#);
+        let rows = query(&client, &sql, &[]).await?;
+        rows.iter().map(project_from_row).collect()
     }
 }
 

@@ -7,6 +7,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use cellport_core::{ImageId, ImageRecord, Project, ProjectId, UserId, Viewer};
 use futures::future::BoxFuture;
@@ -137,15 +139,35 @@ pub trait ProjectSource: Send + Sync + 'static {
 }
 
 /// The built-in project store: plain files under the data directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FileProjectStore {
     root: PathBuf,
+    /// The last image list read, while its file is unchanged: pages of one export read the
+    /// same list many times.
+    images_cache: Arc<Mutex<Option<CachedImages>>>,
+}
+
+/// A parsed `images.json` and what identifies the file it was read from.
+struct CachedImages {
+    path: PathBuf,
+    modified: SystemTime,
+    len: u64,
+    images: Arc<Vec<ImageRecord>>,
+}
+
+impl std::fmt::Debug for FileProjectStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileProjectStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FileProjectStore {
     pub fn new(data_dir: impl Into<PathBuf>) -> FileProjectStore {
         FileProjectStore {
             root: data_dir.into().join("projects"),
+            images_cache: Arc::default(),
         }
     }
 
@@ -258,11 +280,41 @@ fn next_cursor(end: usize, total: usize) -> Option<String> {
 
 impl FileProjectStore {
     /// Every image of a project, in project order. The built-in store keeps them in one file,
-    /// so paging reads it whole each time; the database source reads pages from its tables.
-    async fn all_images(&self, id: &ProjectId) -> Result<Vec<ImageRecord>, SourceError> {
-        Self::read_json(&self.project_dir(id).join("images.json"))
-            .await?
-            .ok_or_else(|| SourceError::ProjectNotFound(id.clone()))
+    /// read whole and kept while it is unchanged (one project at a time), so the pages of an
+    /// export parse it once; the database source reads pages from its tables instead.
+    async fn all_images(&self, id: &ProjectId) -> Result<Arc<Vec<ImageRecord>>, SourceError> {
+        let path = self.project_dir(id).join("images.json");
+        let stamp = match tokio::fs::metadata(&path).await {
+            Ok(meta) => meta.modified().ok().map(|m| (m, meta.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SourceError::ProjectNotFound(id.clone()));
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        if let Some((modified, len)) = stamp {
+            let cache = self.images_cache.lock().expect("images cache");
+            if let Some(c) = cache.as_ref()
+                && c.path == path
+                && c.modified == modified
+                && c.len == len
+            {
+                return Ok(c.images.clone());
+            }
+        }
+        let images: Arc<Vec<ImageRecord>> = Arc::new(
+            Self::read_json(&path)
+                .await?
+                .ok_or_else(|| SourceError::ProjectNotFound(id.clone()))?,
+        );
+        if let Some((modified, len)) = stamp {
+            *self.images_cache.lock().expect("images cache") = Some(CachedImages {
+                path,
+                modified,
+                len,
+                images: images.clone(),
+            });
+        }
+        Ok(images)
     }
 }
 
@@ -304,7 +356,7 @@ impl ProjectSource for FileProjectStore {
             let start = index_cursor(cursor)?;
             let all = self.all_images(project).await?;
             let total = all.len();
-            let images: Vec<ImageRecord> = all.into_iter().skip(start).take(limit).collect();
+            let images: Vec<ImageRecord> = all.iter().skip(start).take(limit).cloned().collect();
             let next = next_cursor(start + images.len(), total);
             Ok(ImagePage { images, next })
         })
@@ -317,11 +369,16 @@ impl ProjectSource for FileProjectStore {
         limit: usize,
     ) -> BoxFuture<'a, Result<ImageIdPage, SourceError>> {
         Box::pin(async move {
-            let page = self.image_page(project, cursor, limit).await?;
-            Ok(ImageIdPage {
-                ids: page.images.into_iter().map(|i| i.id).collect(),
-                next: page.next,
-            })
+            let start = index_cursor(cursor)?;
+            let all = self.all_images(project).await?;
+            let ids: Vec<ImageId> = all
+                .iter()
+                .skip(start)
+                .take(limit)
+                .map(|i| i.id.clone())
+                .collect();
+            let next = next_cursor(start + ids.len(), all.len());
+            Ok(ImageIdPage { ids, next })
         })
     }
 
@@ -331,13 +388,13 @@ impl ProjectSource for FileProjectStore {
         ids: &'a [ImageId],
     ) -> BoxFuture<'a, Result<Vec<ImageRecord>, SourceError>> {
         Box::pin(async move {
-            let mut by_id: std::collections::HashMap<ImageId, ImageRecord> = self
-                .all_images(project)
-                .await?
-                .into_iter()
-                .map(|i| (i.id.clone(), i))
-                .collect();
-            Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+            let all = self.all_images(project).await?;
+            let by_id: std::collections::HashMap<&ImageId, &ImageRecord> =
+                all.iter().map(|i| (&i.id, i)).collect();
+            Ok(ids
+                .iter()
+                .filter_map(|id| by_id.get(id).map(|i| (*i).clone()))
+                .collect())
         })
     }
 

@@ -27,16 +27,36 @@ pub struct RedisArgs {
     pub redis_url: String,
 }
 
-/// Where projects come from: the flags the api, the workers and `cellportctl` share.
-#[derive(Debug, Clone, clap::Args)]
+/// Where projects come from: the flags the api, the workers and `cellportctl` share. The URL
+/// may hold the database's password: neither `--help` nor `Debug` shows the value.
+#[derive(Clone, clap::Args)]
 pub struct SourceArgs {
     /// Where projects come from: `files` (the built-in store under the data dir) or the web
     /// app's database as a postgres:// URL, read in place
-    #[arg(long, env = "CELLPORT_PROJECT_SOURCE", default_value = "files")]
+    #[arg(
+        long,
+        env = "CELLPORT_PROJECT_SOURCE",
+        default_value = "files",
+        hide_env_values = true
+    )]
     pub project_source: String,
     /// The web app's upload root: images' "originalPath" is relative to it (postgres source)
     #[arg(long, env = "CELLPORT_UPLOADS_DIR", default_value = "./uploads")]
     pub uploads_dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for SourceArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = if self.project_source.trim() == "files" {
+            "files"
+        } else {
+            "[a database url]"
+        };
+        f.debug_struct("SourceArgs")
+            .field("project_source", &source)
+            .field("uploads_dir", &self.uploads_dir)
+            .finish()
+    }
 }
 
 /// How logs are written: `text` for people, `json` for log shippers.

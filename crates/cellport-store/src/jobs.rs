@@ -87,10 +87,16 @@ pub struct JobImages {
     /// One id a line: ids are tokens without whitespace.
     lines: String,
     count: u64,
+    /// An image whose place in the project order changes while the pages are read may be
+    /// listed twice; the job exports it once.
+    seen: std::collections::HashSet<ImageId>,
 }
 
 impl JobImages {
     pub fn push(&mut self, id: &ImageId) {
+        if !self.seen.insert(id.clone()) {
+            return;
+        }
         if !self.lines.is_empty() {
             self.lines.push('\n');
         }

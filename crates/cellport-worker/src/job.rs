@@ -25,6 +25,9 @@ pub(crate) const MAX_ATTEMPTS: u32 = 3;
 /// The longest wait between two tries. A project source that is down before an attempt
 /// starts costs no attempt: the job waits for it, trying again at least this often.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a job waits for its project source before failing without an attempt: long enough
+/// for a database restart or failover, short enough that a wrong password is reported.
+const MAX_WAIT_TO_START: Duration = Duration::from_secs(10 * 60);
 /// How often a running export reads its job's status, in case a cancellation message was missed.
 const STATUS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -74,17 +77,16 @@ async fn job_images(state: &WorkerState, record: &JobRecord) -> Result<Vec<Image
         .as_ref()
         .map(|ids| ids.iter().collect());
     let mut ids = Vec::new();
+    let mut seen = HashSet::new();
     let mut cursor: Option<String> = None;
     loop {
         let page = state
             .source
             .image_id_page(&record.job.project_id, cursor.as_deref(), IMAGE_ID_PAGE)
             .await?;
-        ids.extend(
-            page.ids
-                .into_iter()
-                .filter(|id| wanted.as_ref().is_none_or(|w| w.contains(id))),
-        );
+        ids.extend(page.ids.into_iter().filter(|id| {
+            wanted.as_ref().is_none_or(|w| w.contains(id)) && seen.insert(id.clone())
+        }));
         match page.next {
             Some(next) => cursor = Some(next),
             None => return Ok(ids),
@@ -296,7 +298,10 @@ pub(crate) async fn run_export(
 
 async fn run_attempts(run: &Running<'_>, mut record: JobRecord) -> Result<(), JobError> {
     let mut backoff = Duration::from_secs(1);
+    // Since when the source has kept this run from starting the job (no attempt counted).
+    let mut unstarted_since: Option<tokio::time::Instant> = None;
     loop {
+        let attempts_before = record.job.attempts;
         match attempt(run, record).await? {
             (_, Stopped::Done) => return Ok(()),
             (latest, Stopped::Transient(error, message)) => {
@@ -306,6 +311,18 @@ async fn run_attempts(run: &Running<'_>, mut record: JobRecord) -> Result<(), Jo
                         latest.job.attempts
                     );
                     return fail(run, latest, message).await;
+                }
+                if latest.job.attempts == attempts_before {
+                    let since = *unstarted_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= MAX_WAIT_TO_START {
+                        let message = format!(
+                            "the project could not be read for {} minutes: {message}",
+                            MAX_WAIT_TO_START.as_secs() / 60
+                        );
+                        return fail(run, latest, message).await;
+                    }
+                } else {
+                    unstarted_since = None;
                 }
                 tracing::warn!(error = %error, attempt = latest.job.attempts, "transient failure: retrying");
                 tokio::select! {
@@ -372,6 +389,10 @@ async fn attempt(run: &Running<'_>, record: JobRecord) -> Result<(JobRecord, Sto
     };
     let plan = match plan_export(&input, &staging, &checkpoints).await {
         Ok(plan) => plan,
+        Err(ExportError::Source(e)) if !e.is_transient() => {
+            fail(run, record, e.to_string()).await?;
+            return Ok((latest_or_default(state, job_id).await?, Stopped::Done));
+        }
         Err(e) => {
             let message = e.to_string();
             return Ok((

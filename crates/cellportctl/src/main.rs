@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cellport_core::{ProjectId, UserId, Viewer};
 use cellport_http::JwtKeys;
-use cellport_io::{FileProjectStore, SourceConfig};
+use cellport_io::{FileProjectStore, PostgresProjectSource, SourceConfig};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_runtime::{
     JwtArgs, JwtSecret, LogFormat, RedisArgs, Secret, SourceArgs, TokenRules,
@@ -92,7 +92,7 @@ enum ProjectCommand {
     },
     /// List projects, optionally only those a user may see
     List {
-        /// Only the projects this user owns or is a member of (required with the postgres source)
+        /// Only the projects this user owns or is a member of
         #[arg(long)]
         owner: Option<UserId>,
         /// Directory of the built-in project store
@@ -285,12 +285,14 @@ async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
                     };
                     config.open(&data_dir)?.projects_visible_to(&viewer).await?
                 }
-                None if config.is_files() => {
-                    FileProjectStore::new(&data_dir).all_projects().await?
-                }
-                None => anyhow::bail!(
-                    "with the web app's database as the source, name the user: --owner USER_ID"
-                ),
+                None => match &config {
+                    SourceConfig::Files => FileProjectStore::new(&data_dir).all_projects().await?,
+                    SourceConfig::Postgres { url, uploads_dir } => {
+                        PostgresProjectSource::connect(url, uploads_dir.clone())?
+                            .all_projects()
+                            .await?
+                    }
+                },
             };
             for p in projects {
                 println!(

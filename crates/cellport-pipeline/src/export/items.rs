@@ -30,6 +30,9 @@ pub(super) struct StagedImage {
     /// The original could not be opened: it has no `images/` entry.
     #[serde(default)]
     pub(super) original_missing: bool,
+    /// The entry name its files name the image by (absent in items staged by older versions).
+    #[serde(default)]
+    pub(super) file_name: Option<String>,
     /// The size the item worked with (from the source, else the file's header; 0 unknown).
     #[serde(default)]
     pub(super) width: u32,
@@ -66,17 +69,27 @@ pub(super) async fn open_image(
     }
 }
 
-/// Reads an original whole, or `None` when it is not available. The source gives a stream;
-/// decoding needs to seek, and the bytes are held only while this one item renders.
+/// Bytes of an original read to find its size in its header when nothing else is wanted of
+/// it: headers come first, EXIF blocks included.
+const HEADER_BYTES: u64 = 1 << 20;
+
+/// Reads an original whole (or its first `limit` bytes), or `None` when it is not available.
+/// The source gives a stream; decoding needs to seek, and the bytes are held only while this
+/// one item renders.
 async fn read_original(
     input: &ExportInput<'_>,
     image: &ImageRecord,
+    limit: Option<u64>,
 ) -> Result<Option<Vec<u8>>, ExportError> {
-    let Some(mut reader) = open_image(input, image).await? else {
+    let Some(reader) = open_image(input, image).await? else {
         return Ok(None);
     };
-    let mut bytes = Vec::with_capacity(usize::try_from(image.size_bytes).unwrap_or(0));
+    // The stored size is a hint from the source, not a promise: it only presizes the buffer.
+    const MAX_PRESIZE: u64 = 64 << 20;
+    let limit = limit.unwrap_or(u64::MAX);
+    let mut bytes = Vec::with_capacity(image.size_bytes.min(MAX_PRESIZE).min(limit) as usize);
     reader
+        .take(limit)
         .read_to_end(&mut bytes)
         .await
         .map_err(|source| ExportError::ReadImage {
@@ -112,8 +125,10 @@ pub(super) async fn process_item(
             // The original is read when something needs its pixels or its header; it is opened
             // once more for the archive. A file that is not there is a warning, not a failure.
             let size_unknown = image.width == 0 || image.height == 0;
-            let original = if options.include_visualizations || size_unknown {
-                read_original(input, &image).await?
+            let original = if options.include_visualizations {
+                read_original(input, &image, None).await?
+            } else if size_unknown {
+                read_original(input, &image, Some(HEADER_BYTES)).await?
             } else {
                 None
             };
@@ -138,6 +153,10 @@ pub(super) async fn process_item(
             .await
             .map_err(|e| ExportError::Io(std::io::Error::other(e)))??
         }
+    };
+    let staged = StagedImage {
+        file_name: Some(name.file_name()),
+        ..staged
     };
     let bytes = serde_json::to_vec(&staged).expect("staged items serialize");
     ctx.staging

@@ -214,7 +214,13 @@ where
         while in_flight.len() < parallelism {
             if waiting.is_empty() {
                 match pages.next() {
-                    Some(page) => waiting.extend(read_page(input, &images, page).await?),
+                    Some(page) => {
+                        let read = tokio::select! {
+                            _ = ctx.cancel.cancelled() => return Err(ExportError::Cancelled),
+                            read = read_page(input, &images, page) => read?,
+                        };
+                        waiting.extend(read);
+                    }
                     None => break,
                 }
             }

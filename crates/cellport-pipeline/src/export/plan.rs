@@ -253,12 +253,12 @@ pub async fn plan_export(
     let archive_task = task(TASK_ARCHIVE);
     let mut tracker = ProgressTracker::new(&plan);
     let mut stems = StemAllocator::default();
-    let names = images.iter().map(|img| stems.assign(&img.name)).collect();
+    let names: Vec<ImageEntryName> = images.iter().map(|img| stems.assign(&img.name)).collect();
     let mut reused = 0;
     let mut todo = Vec::new();
     for (index, image) in images.iter().enumerate() {
-        let staged =
-            checkpoints.is_done(&item_key(&image.id)) && is_staged(staging, &image.id).await;
+        let staged = checkpoints.is_done(&item_key(&image.id))
+            && is_staged(staging, &image.id, &names[index].file_name()).await;
         if staged {
             reused += 1;
             for (task, cost) in item_tasks.iter().zip(item_costs(image, input.options)) {
@@ -284,11 +284,15 @@ pub async fn plan_export(
 
 /// Whether an item's staged outputs are all there: its staged record, and its visualization
 /// unless it has none (an unreadable image is finished without one).
-async fn is_staged(staging: &Staging, image: &ImageId) -> bool {
+///
+/// An item staged under another entry name (an image deleted since moved a later one's
+/// de-duplicated stem) is redone: its files name the image by that entry name.
+async fn is_staged(staging: &Staging, image: &ImageId, file_name: &str) -> bool {
     let Ok(Some(bytes)) = staging.read(&staged_item_name(image)).await else {
         return false;
     };
     match serde_json::from_slice::<StagedImage>(&bytes) {
+        Ok(item) if item.file_name.as_deref().is_some_and(|f| f != file_name) => false,
         Ok(item) => !item.has_visualization || staging.exists(&staged_viz_name(image)).await,
         Err(_) => false,
     }
@@ -332,7 +336,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let staging = Storage::new(dir.path()).staging(JobId::new());
         let image: ImageId = "7".parse().unwrap();
-        assert!(!is_staged(&staging, &image).await, "nothing staged yet");
+        assert!(
+            !is_staged(&staging, &image, "broken.tif").await,
+            "nothing staged yet"
+        );
         let stage = |has_visualization| {
             serde_json::to_vec(&StagedImage {
                 has_visualization,
@@ -345,17 +352,29 @@ mod tests {
             .write(&staged_item_name(&image), &stage(false))
             .await
             .unwrap();
-        assert!(is_staged(&staging, &image).await);
+        assert!(is_staged(&staging, &image, "broken.tif").await);
         // One that has a visualization is reused only once the visualization is there too.
         staging
             .write(&staged_item_name(&image), &stage(true))
             .await
             .unwrap();
-        assert!(!is_staged(&staging, &image).await);
+        assert!(!is_staged(&staging, &image, "broken.tif").await);
         staging
             .write(&staged_viz_name(&image), b"png")
             .await
             .unwrap();
-        assert!(is_staged(&staging, &image).await);
+        assert!(is_staged(&staging, &image, "broken.tif").await);
+        // Staged under another entry name: its files would name the image wrongly now.
+        let renamed = serde_json::to_vec(&StagedImage {
+            file_name: Some("broken_2.tif".into()),
+            ..StagedImage::default()
+        })
+        .unwrap();
+        staging
+            .write(&staged_item_name(&image), &renamed)
+            .await
+            .unwrap();
+        assert!(!is_staged(&staging, &image, "broken.tif").await);
+        assert!(is_staged(&staging, &image, "broken_2.tif").await);
     }
 }

@@ -3,4 +3,5 @@
 
 mod demo;
 mod export;
+mod projects;
 mod reference;
