@@ -142,9 +142,15 @@ async fn leftovers_of_stale_attempts_and_ended_jobs_are_removed() -> anyhow::Res
     let project = project.id.as_str();
     let job = stack.post_export("alice", project, json!({})).await?;
     let done = stack.completed("alice", project, &job).await?;
+    let data = stack.data.path();
+    // The worker removes the job's own staging area once it completed, in the background.
+    let cleaned = wait_until(Duration::from_secs(10), || async {
+        !data.join(format!("staging/{job}")).exists()
+    })
+    .await;
+    assert!(cleaned, "the completed job's staging area is removed");
 
     // What crashed or stale attempts leave behind, beside the archive that counts.
-    let data = stack.data.path();
     let unknown = cellport_core::JobId::new();
     let planted = [
         data.join(format!("archives/{job}.0.zip")),

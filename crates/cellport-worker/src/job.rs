@@ -505,7 +505,15 @@ async fn attempt(run: &Running<'_>, record: JobRecord) -> Result<(JobRecord, Sto
                         items_processed = summary.items_processed,
                         "export completed"
                     );
-                    remove_staging(state, job_id).await;
+                    // In the background: a large export stages hundreds of thousands of files,
+                    // and the run (its lease renewals, its worker slot) must end now that the
+                    // job has. A worker that dies meanwhile leaves them to the leftover sweep.
+                    let staging = state.storage.staging(job_id);
+                    tokio::spawn(async move {
+                        if let Err(e) = staging.remove().await {
+                            tracing::warn!(%job_id, error = %e, "removing staged files failed");
+                        }
+                    });
                     Ok((record, Stopped::Done))
                 }
                 Err(e) => {
