@@ -61,9 +61,6 @@ fn viewer(caller: &Caller) -> Viewer {
     }
 }
 
-/// Image ids read per page when a job's images are fixed.
-const IMAGE_ID_PAGE: usize = 5_000;
-
 /// Fixes the images of a new job: the project's images in project order, or the selected ones
 /// among them; a selected id that is not an image of the project is a 422.
 async fn job_images(
@@ -74,27 +71,15 @@ async fn job_images(
     let wanted: Option<HashSet<&ImageId>> = selection.map(|ids| ids.iter().collect());
     let mut found: HashSet<ImageId> = HashSet::new();
     let mut images = JobImages::default();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = state
-            .source
-            .image_id_page(project_id, cursor.as_deref(), IMAGE_ID_PAGE)
-            .await?;
-        for id in &page.ids {
-            match &wanted {
-                None => images.push(id),
-                Some(wanted) if wanted.contains(id) => {
-                    images.push(id);
-                    found.insert(id.clone());
-                }
-                Some(_) => {}
-            }
+    cellport_io::each_image_id(state.source.as_ref(), project_id, |id| match &wanted {
+        None => images.push(&id),
+        Some(wanted) if wanted.contains(&id) => {
+            images.push(&id);
+            found.insert(id);
         }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+        Some(_) => {}
+    })
+    .await?;
     if let Some(selected) = selection {
         let foreign: Vec<&str> = selected
             .iter()

@@ -282,15 +282,6 @@ impl ExportOptions {
         self.selected_image_count = Some(ids.len() as u64);
         Some(ids)
     }
-
-    /// The selected ids that are not in `known`, in request order.
-    pub fn foreign_image_ids(&self, mut is_known: impl FnMut(&ImageId) -> bool) -> Vec<&ImageId> {
-        self.selected_image_ids
-            .iter()
-            .flatten()
-            .filter(|id| !is_known(id))
-            .collect()
-    }
 }
 
 fn parse_image_ids(field: &str, v: &Value) -> Result<Vec<ImageId>, InvalidOptions> {

@@ -17,5 +17,6 @@ pub use config::SourceConfig;
 pub use postgres::PostgresProjectSource;
 pub use source::{
     FileProjectStore, ImageIdPage, ImagePage, ImageReader, ProjectSource, SourceError,
+    each_image_id,
 };
 pub use storage::{ArchiveWriter, Staging, Storage, Stored};

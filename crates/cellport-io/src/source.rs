@@ -138,6 +138,29 @@ pub trait ProjectSource: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<ImageReader, SourceError>>;
 }
 
+/// Image ids read per page by [`each_image_id`].
+const IMAGE_ID_PAGE: usize = 5_000;
+
+/// Visits every image id of a project in project order, a page at a time: what fixes a job's
+/// images without holding the project's records.
+pub async fn each_image_id(
+    source: &dyn ProjectSource,
+    project: &ProjectId,
+    mut visit: impl FnMut(ImageId),
+) -> Result<(), SourceError> {
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = source
+            .image_id_page(project, cursor.as_deref(), IMAGE_ID_PAGE)
+            .await?;
+        page.ids.into_iter().for_each(&mut visit);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// The built-in project store: plain files under the data directory.
 #[derive(Clone)]
 pub struct FileProjectStore {

@@ -116,27 +116,7 @@ const SEGMENTATION_STATUS: &str = "no_segmentation";
 
 /// Adds one image and returns its id.
 pub async fn insert_image(client: &Client, image: &NewImage) -> anyhow::Result<String> {
-    let created_at = utc(image.created_at);
-    client
-        .execute(
-            &format!(
-                "INSERT INTO images ({IMAGE_COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)"
-            ),
-            &[
-                &image.id,
-                &image.name,
-                &image.original_path,
-                &image.project_id,
-                &image.width,
-                &image.height,
-                &image.file_size,
-                &image.display_order,
-                &image.is_video_container,
-                &SEGMENTATION_STATUS,
-                &created_at,
-            ],
-        )
+    insert_images(client, std::slice::from_ref(image))
         .await
         .with_context(|| format!("inserting image {}", image.id))?;
     Ok(image.id.clone())

@@ -61,9 +61,6 @@ impl<E: std::fmt::Display> From<UpdateError<E>> for JobError {
     }
 }
 
-/// Image ids read per page when a job has no stored image set.
-const IMAGE_ID_PAGE: usize = 5_000;
-
 /// The images a job exports: the set fixed when it was created; for a job created without
 /// one, the project's images as they are now (the selection among them, if any).
 async fn job_images(state: &WorkerState, record: &JobRecord) -> Result<Vec<ImageId>, JobFailure> {
@@ -78,20 +75,13 @@ async fn job_images(state: &WorkerState, record: &JobRecord) -> Result<Vec<Image
         .map(|ids| ids.iter().collect());
     let mut ids = Vec::new();
     let mut seen = HashSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = state
-            .source
-            .image_id_page(&record.job.project_id, cursor.as_deref(), IMAGE_ID_PAGE)
-            .await?;
-        ids.extend(page.ids.into_iter().filter(|id| {
-            wanted.as_ref().is_none_or(|w| w.contains(id)) && seen.insert(id.clone())
-        }));
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return Ok(ids),
+    cellport_io::each_image_id(state.source.as_ref(), &record.job.project_id, |id| {
+        if wanted.as_ref().is_none_or(|w| w.contains(&id)) && seen.insert(id.clone()) {
+            ids.push(id);
         }
-    }
+    })
+    .await?;
+    Ok(ids)
 }
 
 /// Why reading what a job needs did not work out.
