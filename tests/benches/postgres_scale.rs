@@ -947,6 +947,7 @@ async fn main() -> anyhow::Result<()> {
             url: postgres_url.clone(),
             uploads_dir: uploads.clone(),
         },
+        storage: cellport_io::StorageConfig::Dir(data.path().to_owned()),
         jwt_secret: jwt_secret(),
         token_rules: TokenRules::default(),
         events_url: "ws://127.0.0.1:9/ws".into(),

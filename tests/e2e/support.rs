@@ -12,7 +12,7 @@ use cellport_gateway::GatewayConfig;
 use cellport_http::JwtKeys;
 use cellport_http::TokenRules;
 use cellport_io::ProjectSource as _;
-use cellport_io::{FileProjectStore, SourceConfig};
+use cellport_io::{FileProjectStore, SourceConfig, StorageConfig};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
 use cellport_testkit::{
@@ -151,6 +151,7 @@ impl Stack {
             },
             None => SourceConfig::Files,
         };
+        let storage = StorageConfig::Dir(data.path().to_owned());
 
         let api_listener = local_listener().await?;
         let api = api_listener.local_addr()?;
@@ -160,6 +161,7 @@ impl Stack {
             redis_url: redis.url(),
             data_dir: data.path().to_owned(),
             source: source.clone(),
+            storage: storage.clone(),
             jwt_secret: jwt_secret(),
             token_rules: options.token_rules.clone(),
             events_url: format!("ws://{gateway}/ws"),
@@ -188,6 +190,7 @@ impl Stack {
                 sweep_every: Duration::from_millis(200),
                 requeue_after: Duration::from_secs(4),
                 source: source.clone(),
+                storage: storage.clone(),
                 ..WorkerConfig::new(redis.url(), data.path())
             };
             let stop = shutdown.clone();

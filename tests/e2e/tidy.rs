@@ -238,3 +238,52 @@ fn the_web_apps_database_is_only_ever_read() {
         .collect();
     assert!(writes.is_empty(), "statements that write: {writes:?}");
 }
+
+/// Where in `text` a line touches the storage layout from outside the storage module: builds a
+/// path or key under `archives/` or `staging/`, names a partial archive, or writes a file
+/// through a path the storage handed out.
+fn storage_layout_uses(text: &str) -> Vec<String> {
+    const LAYOUT: &[&str] = &[
+        "join(\"archives",
+        "join(\"staging",
+        "\"archives/",
+        "\"staging/",
+        ".zip.part",
+        "Staging::path",
+        "staging.path(",
+        "Staging::temp_path",
+    ];
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .filter(|line| LAYOUT.iter().any(|pattern| line.contains(pattern)))
+        .map(|line| line.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn nothing_but_the_storage_module_opens_a_path_under_storage() {
+    let storage_module = "crates/cellport-io/src/storage/";
+    let mut outside = Vec::new();
+    for (path, text) in crate_sources() {
+        if path.starts_with(storage_module) {
+            continue;
+        }
+        for line in storage_layout_uses(&text) {
+            outside.push(format!("{path}: {line}"));
+        }
+    }
+    assert!(
+        outside.is_empty(),
+        "storage is reached through cellport_io::Storage only (SPEC §11): {outside:#?}"
+    );
+    // The check sees what it should.
+    assert_eq!(
+        storage_layout_uses(
+            "let p = data.join(\"staging\").join(id);\n// join(\"archives\") in a comment\nstd::fs::write(staging.path(&n), b)"
+        ),
+        [
+            "let p = data.join(\"staging\").join(id);",
+            "std::fs::write(staging.path(&n), b)"
+        ]
+    );
+}

@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cellport_io::SourceConfig;
-use cellport_runtime::{JwtArgs, LogFormat, RedisArgs, SourceArgs, init_tracing, shutdown_signal};
+use cellport_io::{SourceConfig, StorageConfig};
+use cellport_runtime::{
+    JwtArgs, LogFormat, RedisArgs, SourceArgs, StorageArgs, init_tracing, shutdown_signal,
+};
 use clap::Parser;
 
 use crate::{ApiConfig, run};
@@ -19,6 +21,8 @@ pub struct Args {
     data_dir: PathBuf,
     #[command(flatten)]
     source: SourceArgs,
+    #[command(flatten)]
+    storage: StorageArgs,
     #[command(flatten)]
     jwt: JwtArgs,
     /// Address the HTTP API listens on
@@ -47,6 +51,8 @@ impl Args {
     fn config(self) -> anyhow::Result<ApiConfig> {
         Ok(ApiConfig {
             source: SourceConfig::parse(&self.source.project_source, &self.source.uploads_dir)
+                .map_err(anyhow::Error::msg)?,
+            storage: StorageConfig::parse(self.storage.storage_url.as_deref(), &self.data_dir)
                 .map_err(anyhow::Error::msg)?,
             redis_url: self.redis.redis_url,
             data_dir: self.data_dir,

@@ -12,7 +12,6 @@ use cellport_store::{Store, UpdateError};
 use futures::{Stream, StreamExt};
 use http_range_header::{RangeRejected, RangeUnsatisfiableError};
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 use tokio_util::io::ReaderStream;
 use tokio_util::task::TaskTracker;
@@ -74,7 +73,9 @@ pub(crate) fn continues_download(job: &ExportJob, selection: &Selection, len: u6
 }
 
 pub(crate) struct Archive {
-    pub file: tokio::fs::File,
+    pub storage: cellport_io::Storage,
+    /// Its name in storage.
+    pub name: String,
     pub len: u64,
     pub etag: String,
     pub file_name: String,
@@ -87,7 +88,8 @@ pub(crate) async fn respond(
     progress: Option<watch::Sender<u64>>,
 ) -> Result<Response, ApiError> {
     let Archive {
-        mut file,
+        storage,
+        name,
         len,
         etag,
         file_name,
@@ -121,12 +123,18 @@ pub(crate) async fn respond(
             return Err(error);
         }
     };
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(ApiError::unavailable)?;
-    }
-    let body = metered(ReaderStream::new(file.take(count)), start, progress);
+    let reader = match storage.read_archive(&name, start..start + count).await {
+        Ok(reader) => reader,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "expired",
+                "archive is no longer available",
+            ));
+        }
+        Err(e) => return Err(ApiError::unavailable(e)),
+    };
+    let body = metered(ReaderStream::new(reader), start, progress);
     builder
         .status(status)
         .header(header::CONTENT_LENGTH, count)

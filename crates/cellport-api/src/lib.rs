@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::{Router, middleware};
 use cellport_http::JwtKeys;
-use cellport_io::{ProjectSource, SourceConfig, Storage};
+use cellport_io::{ProjectSource, SourceConfig, Storage, StorageConfig};
 use cellport_runtime::JwtSecret;
 use cellport_runtime::TokenRules;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, Store};
@@ -38,6 +38,8 @@ pub struct ApiConfig {
     pub data_dir: PathBuf,
     /// Where projects come from (the file store under `data_dir`, or the web app's database).
     pub source: SourceConfig,
+    /// Where archives are read from (`data_dir` by default, or a bucket).
+    pub storage: StorageConfig,
     pub jwt_secret: JwtSecret,
     /// What a token must carry (user claim, issuer, audience); also what minted tokens carry.
     pub token_rules: TokenRules,
@@ -101,7 +103,7 @@ impl AppState {
             store,
             source: config.source.open(&config.data_dir)?,
             keyset_cursors: !config.source.is_files(),
-            storage: Storage::new(&config.data_dir),
+            storage: config.storage.open().map_err(anyhow::Error::msg)?,
             jwt: JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone()),
             events_url: config.events_url.clone(),
             max_active_per_user: config.max_active_per_user,

@@ -567,7 +567,7 @@ pub(crate) async fn download(
         )));
     }
     let (job, archive) = downloadable(visible_job(&state, &caller, &project, &job).await?)?;
-    let (file, len) = match state.storage.open_archive(&archive).await {
+    let len = match state.storage.archive_len(&archive).await {
         Ok(found) => found,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::new(
@@ -583,7 +583,8 @@ pub(crate) async fn download(
     let progress = download::continues_download(&job, &selection, len)
         .then(|| download::report_progress(&state.background, state.store.clone(), job.id, len));
     let archive = download::Archive {
-        file,
+        storage: state.storage.clone(),
+        name: archive,
         len,
         etag,
         file_name: download_file_name(&job),

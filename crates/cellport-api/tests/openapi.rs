@@ -484,6 +484,7 @@ impl Api {
             redis_url: redis.url(),
             data_dir: data.path().to_owned(),
             source: cellport_io::SourceConfig::Files,
+            storage: cellport_io::StorageConfig::Dir(data.path().to_owned()),
             jwt_secret: cellport_testkit::jwt_secret(),
             token_rules: Default::default(),
             events_url: "ws://127.0.0.1:1/ws".into(),

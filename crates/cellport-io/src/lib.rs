@@ -3,8 +3,9 @@
 //! * [`source`]: where projects, images and polygons come from ([`ProjectSource`]): the built-in
 //!   file store [`FileProjectStore`], or the web app's database ([`postgres`]); [`config`]
 //!   picks one from `CELLPORT_PROJECT_SOURCE`.
-//! * [`storage`]: where staged items and archives are written ([`Storage`]); all file access
-//!   under it goes through this module.
+//! * [`storage`]: where staged items and archives are written ([`Storage`]): a directory or an
+//!   S3-compatible bucket ([`StorageConfig`], `CELLPORT_STORAGE_URL`); every byte written under
+//!   it goes through this module.
 //!
 //! The api needs only these to answer, so it links neither image decoding nor archive writing.
 
@@ -19,4 +20,4 @@ pub use source::{
     FileProjectStore, ImageIdPage, ImagePage, ImageReader, ProjectSource, SourceError,
     each_image_id,
 };
-pub use storage::{ArchiveWriter, Staging, Storage, Stored};
+pub use storage::{ArchiveWriter, Staging, Storage, StorageConfig, Stored, StoredReader};

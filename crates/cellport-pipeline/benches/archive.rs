@@ -123,8 +123,10 @@ async fn export_once(
         source: store,
         export_date: time::OffsetDateTime::now_utc(),
     };
+    let scratch = tempfile::tempdir_in(data).unwrap();
     let ctx = ExportContext {
         staging: &staging,
+        scratch: scratch.path(),
         checkpoints: &NoCheckpoints,
         sink: &Quiet,
         cancel: &CancellationToken::new(),

@@ -59,6 +59,15 @@ impl std::fmt::Debug for SourceArgs {
     }
 }
 
+/// Where staged items and archives go: the api's and the workers' shared flag.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageArgs {
+    /// A directory, a file:// URL, or s3://BUCKET/PREFIX (configured by the AWS_* variables)
+    /// [default: the data dir]
+    #[arg(long, env = "CELLPORT_STORAGE_URL")]
+    pub storage_url: Option<String>,
+}
+
 /// How logs are written: `text` for people, `json` for log shippers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {

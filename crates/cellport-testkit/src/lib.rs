@@ -1,10 +1,12 @@
-//! Test support: a private `redis-server` and PostgreSQL per test, `wait_until`, loopback
-//! listeners, a JWT secret.
+//! Test support: a private `redis-server`, PostgreSQL and S3-compatible server per test,
+//! `wait_until`, loopback listeners, a JWT secret.
 //!
 //! Every test gets its own Redis on a free port in a temp dir (never the shared one on 6379),
 //! optionally with AOF for persistence tests, and can kill or restart it for real. A test of the
 //! web app's database gets its own PostgreSQL cluster the same way (never the one on 5432), with
 //! the web app's tables made by `PostgresServer::create_webapp_database`.
+
+pub mod s3;
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,6 +15,7 @@ pub use cellport_runtime::JwtSecret;
 pub use cellport_runtime::postgres::{PostgresOptions, PostgresServer, WEBAPP_SCHEMA};
 pub use cellport_runtime::redis::{RedisOptions, RedisServer};
 pub use cellport_runtime::webapp;
+pub use s3::S3Server;
 
 /// The signing secret of services under test (as long as the services require).
 pub const TEST_JWT_SECRET: &str = "cellport-test-signing-secret-0123456789";

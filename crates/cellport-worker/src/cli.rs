@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{WorkerConfig, run};
-use cellport_io::SourceConfig;
+use cellport_io::{SourceConfig, StorageConfig};
 use cellport_runtime::{
-    LogFormat, RedisArgs, SourceArgs, init_tracing, parse_duration, shutdown_signal,
+    LogFormat, RedisArgs, SourceArgs, StorageArgs, init_tracing, parse_duration, shutdown_signal,
 };
 use clap::Parser;
 
@@ -20,6 +20,8 @@ pub struct Args {
     data_dir: PathBuf,
     #[command(flatten)]
     source: SourceArgs,
+    #[command(flatten)]
+    storage: StorageArgs,
     /// Export jobs this worker runs at once
     #[arg(long, env = "CELLPORT_WORKER_CONCURRENCY", default_value_t = 2)]
     concurrency: usize,
@@ -56,6 +58,8 @@ pub fn main() -> anyhow::Result<()> {
     let defaults = WorkerConfig::new(args.redis.redis_url, args.data_dir);
     let config = WorkerConfig {
         source: SourceConfig::parse(&args.source.project_source, &args.source.uploads_dir)
+            .map_err(anyhow::Error::msg)?,
+        storage: StorageConfig::parse(args.storage.storage_url.as_deref(), &defaults.data_dir)
             .map_err(anyhow::Error::msg)?,
         concurrency: args.concurrency,
         item_parallelism: args.item_parallelism.unwrap_or(defaults.item_parallelism),

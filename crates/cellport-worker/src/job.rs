@@ -434,7 +434,11 @@ async fn attempt(run: &Running<'_>, record: JobRecord) -> Result<(JobRecord, Sto
         run.cancel.clone(),
         run.lease_lost.clone(),
     ));
+    let scratch = scratch_dir(state, job_id, run.lease.fence).await;
     let outcome = async {
+        let scratch = scratch
+            .as_ref()
+            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
         let mut writer = state
             .storage
             .create_archive(job_id, run.lease.fence)
@@ -442,12 +446,13 @@ async fn attempt(run: &Running<'_>, record: JobRecord) -> Result<(JobRecord, Sto
         let sink = ChannelSink(tx);
         let ctx = ExportContext {
             staging: &staging,
+            scratch: scratch.path(),
             checkpoints: &checkpoints,
             sink: &sink,
             cancel: &run.cancel,
             parallelism: state.item_parallelism,
         };
-        match cellport_pipeline::run_export(&input, &ctx, plan, &mut writer.file).await {
+        match cellport_pipeline::run_export(&input, &ctx, plan, &mut writer).await {
             Ok(summary) => Ok((writer, summary)),
             Err(e) => {
                 if let Err(abort) = writer.abort().await {
@@ -460,6 +465,10 @@ async fn attempt(run: &Running<'_>, record: JobRecord) -> Result<(JobRecord, Sto
     .await;
     // The sink (and so the channel) is gone: the publisher sends the last report and ends.
     let record = publisher.await.expect("progress publisher does not panic");
+    // Tens of thousands of label files for a large export: removed off the async threads.
+    if let Ok(scratch) = scratch {
+        tokio::task::spawn_blocking(move || drop(scratch));
+    }
 
     match outcome {
         Ok((writer, summary)) => {
@@ -705,4 +714,22 @@ async fn hand_back(run: &Running<'_>, record: JobRecord) -> Result<(), JobError>
         Err(UpdateError::Rejected(_) | UpdateError::NotFound) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A local directory of this attempt's own, `<scratch>/<job>.<fence>.<random>`, removed when
+/// dropped; what a crashed worker leaves is removed by [`crate::retention::remove_local_scratch`].
+async fn scratch_dir(
+    state: &WorkerState,
+    job_id: JobId,
+    fence: u64,
+) -> std::io::Result<tempfile::TempDir> {
+    let root = state.scratch.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&root)?;
+        tempfile::Builder::new()
+            .prefix(&format!("{job_id}.{fence}."))
+            .tempdir_in(&root)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }

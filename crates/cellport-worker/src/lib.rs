@@ -22,7 +22,7 @@ use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
 use cellport_core::JobId;
-use cellport_io::{ProjectSource, SourceConfig, Storage};
+use cellport_io::{ProjectSource, SourceConfig, Storage, StorageConfig};
 use cellport_store::events::decode_job_id;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, QueueConfig, Store};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,9 @@ pub struct WorkerConfig {
     pub data_dir: PathBuf,
     /// Where projects come from (the file store under `data_dir`, or the web app's database).
     pub source: SourceConfig,
+    /// Where staged items and archives go (`data_dir` by default, or a bucket). The data dir
+    /// keeps only this worker's local scratch then.
+    pub storage: StorageConfig,
     /// Jobs run at once by this process.
     pub concurrency: usize,
     /// Items of one job processed at once.
@@ -58,9 +61,11 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// Defaults for everything but where Redis and the data are.
     pub fn new(redis_url: impl Into<String>, data_dir: impl Into<PathBuf>) -> WorkerConfig {
+        let data_dir = data_dir.into();
         WorkerConfig {
             redis_url: redis_url.into(),
-            data_dir: data_dir.into(),
+            storage: StorageConfig::Dir(data_dir.clone()),
+            data_dir,
             source: SourceConfig::Files,
             concurrency: 2,
             item_parallelism: std::thread::available_parallelism().map_or(2, usize::from),
@@ -80,6 +85,8 @@ pub(crate) struct WorkerState {
     pub(crate) store: Store,
     pub(crate) source: Arc<dyn ProjectSource>,
     pub(crate) storage: Storage,
+    /// Local directory of the attempts' scratch space (documents built in phase two).
+    pub(crate) scratch: PathBuf,
     pub(crate) producer: JobQueue<ExportRequest>,
     pub(crate) archive_ttl: Duration,
     pub(crate) lease_ttl: Duration,
@@ -185,13 +192,19 @@ pub async fn run(
         producer: JobQueue::producer(store.clone()),
         store,
         source: config.source.open(&config.data_dir)?,
-        storage: Storage::new(&config.data_dir),
+        storage: config.storage.open().map_err(anyhow::Error::msg)?,
+        scratch: config.data_dir.join("scratch"),
         archive_ttl: config.archive_ttl,
         lease_ttl: config.lease_ttl,
         item_parallelism: config.item_parallelism.max(1),
         shutdown: stop.clone(),
         running: Mutex::default(),
     });
+    match retention::remove_local_scratch(&state.store, &state.scratch).await {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "scratch of ended attempts removed"),
+        Err(e) => tracing::warn!(error = %e, "removing leftover scratch failed"),
+    }
     let cancellation_listener =
         tokio::spawn(listen_for_cancellations(cancellations, state.clone()));
     let housekeeping = retention::Housekeeping {

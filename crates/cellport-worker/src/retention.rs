@@ -160,3 +160,45 @@ pub async fn remove_leftovers(store: &Store, storage: &Storage) -> anyhow::Resul
     }
     Ok(judged.len())
 }
+
+/// Removes what attempts that died on this host left in its local scratch directory
+/// (`<job>.<fence>.<random>`, see `job::scratch_dir`): the scratch of a job that ended or moved
+/// on to a newer attempt, and, past an hour, of a job Redis does not know. Run at start.
+pub(crate) async fn remove_local_scratch(
+    store: &Store,
+    scratch: &std::path::Path,
+) -> anyhow::Result<usize> {
+    let mut entries = match tokio::fs::read_dir(scratch).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut removed = 0;
+    while let Some(entry) = entries.next_entry().await? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.splitn(3, '.');
+        let job = parts
+            .next()
+            .and_then(|job| job.parse::<cellport_core::JobId>().ok());
+        let fence = parts.next().and_then(|fence| fence.parse::<u64>().ok());
+        let (Some(job), Some(fence)) = (job, fence) else {
+            continue;
+        };
+        let leftover = match store.job_fence(job).await? {
+            Some((status, current)) => status.is_terminal() || fence < current,
+            None => {
+                let modified = entry.metadata().await?.modified()?;
+                std::time::SystemTime::now()
+                    .duration_since(modified)
+                    .unwrap_or_default()
+                    >= LEFTOVER_MIN_AGE
+            }
+        };
+        if leftover {
+            let path = entry.path();
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path)).await??;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -85,6 +85,7 @@ async fn start_stack(
         redis_dir: None,
         data_dir: data_dir.to_owned(),
         source,
+        storage: cellport_io::StorageConfig::Dir(data_dir.to_owned()),
         jwt_secret: secret.clone(),
         token_rules: TokenRules::default(),
         api_addr: loopback,

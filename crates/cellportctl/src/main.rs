@@ -14,10 +14,10 @@ use std::time::Duration;
 use anyhow::Context;
 use cellport_core::{ProjectId, UserId, Viewer};
 use cellport_http::JwtKeys;
-use cellport_io::{FileProjectStore, PostgresProjectSource, SourceConfig};
+use cellport_io::{FileProjectStore, PostgresProjectSource, SourceConfig, StorageConfig};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_runtime::{
-    JwtArgs, JwtSecret, LogFormat, RedisArgs, Secret, SourceArgs, TokenRules,
+    JwtArgs, JwtSecret, LogFormat, RedisArgs, Secret, SourceArgs, StorageArgs, TokenRules,
     init_tracing_with_default, parse_duration, shutdown_signal,
 };
 use cellport_store::Store;
@@ -128,6 +128,8 @@ struct ServeArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     source: SourceArgs,
+    #[command(flatten)]
+    storage: StorageArgs,
     /// HS256 secret for tokens, at least 32 bytes [default: generated and printed]
     #[arg(long, env = "CELLPORT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<JwtSecret>,
@@ -352,6 +354,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         redis_url: args.redis.redis_url,
         redis_dir: Some(args.data_dir.join("redis")),
         source: source_config(&args.source)?,
+        storage: StorageConfig::parse(args.storage.storage_url.as_deref(), &args.data_dir)
+            .map_err(anyhow::Error::msg)?,
         data_dir: args.data_dir,
         jwt_secret: secret,
         token_rules: args.token_rules,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cellport_api::ApiConfig;
 use cellport_gateway::GatewayConfig;
-use cellport_io::SourceConfig;
+use cellport_io::{SourceConfig, StorageConfig};
 use cellport_runtime::redis::{RedisOptions, RedisServer};
 use cellport_runtime::{JwtSecret, TokenRules};
 use cellport_store::Store;
@@ -28,6 +28,8 @@ pub struct StackConfig {
     pub data_dir: PathBuf,
     /// Where projects come from.
     pub source: SourceConfig,
+    /// Where staged items and archives go.
+    pub storage: StorageConfig,
     pub jwt_secret: JwtSecret,
     /// What the api and the gateway require of a token.
     pub token_rules: TokenRules,
@@ -96,6 +98,7 @@ impl LocalStack {
             redis_url: redis_url.clone(),
             data_dir: config.data_dir.clone(),
             source: config.source.clone(),
+            storage: config.storage.clone(),
             jwt_secret: config.jwt_secret.clone(),
             token_rules: config.token_rules.clone(),
             events_url: format!("ws://{gateway}/ws"),
@@ -122,6 +125,7 @@ impl LocalStack {
                 archive_ttl: config.archive_ttl,
                 name: Some(format!("{}-{i}", default_worker_name())),
                 source: config.source.clone(),
+                storage: config.storage.clone(),
                 ..WorkerConfig::new(redis_url.clone(), config.data_dir.clone())
             };
             tasks.push(tokio::spawn(cellport_worker::run(

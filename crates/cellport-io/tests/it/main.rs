@@ -1,3 +1,5 @@
-//! Integration tests of the project sources against the real servers they read.
+//! Integration tests of the two seams against the real servers behind them: the project
+//! sources (PostgreSQL) and storage (a directory and an S3-compatible server).
 
 mod postgres;
+mod storage;

@@ -1,8 +1,6 @@
 //! Phase one of an export: one item per image (its visualization, annotations and metrics),
 //! computed on the blocking pool and staged, so a resumed attempt can reuse it.
 
-use std::path::Path;
-
 use cellport_core::options::AnnotationFormat;
 use cellport_core::{ExportOptions, ImageId, ImageRecord};
 use image::ImageError;
@@ -16,7 +14,6 @@ use crate::formats::json::{SegmentationImage, segmentation_image};
 use crate::formats::yolo::yolo_label;
 use crate::geometry::prepare_image_with_hole_parents;
 use crate::metrics::{MetricsRow, measure_image};
-use cellport_io::Staging;
 
 use crate::names::ImageEntryName;
 use crate::visualize::{decode_for_display_from, encode_png, render_visualization_in_place};
@@ -139,19 +136,16 @@ pub(super) async fn process_item(
             };
             let owned_options = options.clone();
             let file_name = name.file_name();
-            let viz_path = ctx.staging.path(&staged_viz_name(&image.id));
-            tokio::task::spawn_blocking(move || {
-                compute_item(
-                    image,
-                    &file_name,
-                    &owned_options,
-                    original,
-                    missing,
-                    &viz_path,
-                )
+            let viz_name = staged_viz_name(&image.id);
+            let (staged, viz) = tokio::task::spawn_blocking(move || {
+                compute_item(image, &file_name, &owned_options, original, missing)
             })
             .await
-            .map_err(|e| ExportError::Io(std::io::Error::other(e)))??
+            .map_err(|e| ExportError::Io(std::io::Error::other(e)))??;
+            if let Some(png) = viz {
+                ctx.staging.write(&viz_name, &png).await?;
+            }
+            staged
         }
     };
     let staged = StagedImage {
@@ -165,15 +159,15 @@ pub(super) async fn process_item(
     Ok(planned.id.clone())
 }
 
-/// The CPU part of an item: geometry, annotations, metrics and the rendered visualization.
+/// The CPU part of an item: geometry, annotations, metrics and the rendered visualization
+/// (returned as PNG bytes, staged by the caller).
 fn compute_item(
     mut image: ImageRecord,
     file_name: &str,
     options: &ExportOptions,
     mut original: Option<Vec<u8>>,
     missing: bool,
-    viz_path: &Path,
-) -> Result<StagedImage, ExportError> {
+) -> Result<(StagedImage, Option<Vec<u8>>), ExportError> {
     let mut warnings = std::mem::take(&mut image.warnings);
     if missing {
         warnings.push(format!(
@@ -237,8 +231,8 @@ fn compute_item(
                     &prepared,
                     &options.visualization_options,
                 ));
-                write_atomically(viz_path, &png)?;
                 staged.has_visualization = true;
+                return Ok((staged, Some(png)));
             }
             // A failing disk is worth a retry; a truncated or garbled file is just unreadable.
             Err(ImageError::IoError(source))
@@ -258,15 +252,5 @@ fn compute_item(
             )),
         }
     }
-    Ok(staged)
-}
-
-/// Writes a staged file whole: a temp name, then a rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = Staging::temp_path(path);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    Ok((staged, None))
 }

@@ -12,7 +12,6 @@ mod plan;
 mod writers;
 
 use async_zip::Compression;
-use async_zip::base::write::ZipFileWriter;
 use cellport_core::progress::ProgressSnapshot;
 use std::collections::HashMap;
 
@@ -108,6 +107,9 @@ pub struct ExportInput<'a> {
 #[derive(Clone, Copy)]
 pub struct ExportContext<'a> {
     pub staging: &'a Staging,
+    /// A local directory of this attempt's own for the documents built in phase two (COCO,
+    /// metrics, labels); the caller removes it when the attempt ends.
+    pub scratch: &'a std::path::Path,
     pub checkpoints: &'a dyn Checkpoints,
     pub sink: &'a dyn ProgressSink,
     pub cancel: &'a CancellationToken,
@@ -255,16 +257,9 @@ where
 
     // Phase two: the archive, from the originals and the staged outputs.
     reporter.update(|t| t.start_task(archive_task));
-    let mut documents = build_documents(input, ctx.staging, &images, &names).await?;
+    let mut documents = build_documents(input, ctx.staging, ctx.scratch, &images, &names).await?;
     documents.warnings.splice(0..0, plan_warnings);
-    let mut archive = ArchiveWriter {
-        zip: ZipFileWriter::with_tokio(out),
-        entries: Vec::new(),
-        buf: vec![0u8; COPY_CHUNK],
-        reporter: &reporter,
-        task: archive_task,
-        cancel: ctx.cancel,
-    };
+    let mut archive = ArchiveWriter::new(out, COPY_CHUNK, &reporter, archive_task, ctx.cancel);
     if input.options.include_original_images {
         for (image, name) in images.iter().zip(&names) {
             if documents.missing_originals.contains(&image.id) {
@@ -299,11 +294,8 @@ where
             }
         }
     }
-    for (entry, staged) in &documents.files {
-        let file =
-            ctx.staging.open(staged).await?.ok_or_else(|| {
-                std::io::Error::other(format!("staged document {staged} vanished"))
-            })?;
+    for (entry, path) in &documents.files {
+        let file = tokio::fs::File::open(path).await?;
         archive
             .copy(entry, file, Compression::Deflate, entry)
             .await?;
@@ -339,9 +331,7 @@ where
             .await?;
     }
     check_cancel(ctx.cancel)?;
-    let entries = std::mem::take(&mut archive.entries);
-    let mut out = archive.zip.close().await?;
-    futures::AsyncWriteExt::close(&mut out).await?;
+    let entries = archive.finish().await?;
     reporter.update(|t| t.finish_item(archive_task, u64::MAX / 4, 0));
     Ok(ExportSummary {
         entries,

@@ -3,14 +3,14 @@
 
 use std::collections::HashSet;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_zip::base::write::ZipFileWriter;
 use async_zip::{Compression, ZipEntryBuilder};
 use cellport_core::options::{AnnotationFormat, MetricsFormat};
 use cellport_core::{ExportOptions, ImageId, VERSION};
-use futures::AsyncWriteExt as _;
+use futures::{AsyncWriteExt as _, StreamExt as _};
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -25,10 +25,11 @@ use crate::metrics::{MetricsCsvWriter, MetricsJsonWriter, write_metrics_xlsx};
 use crate::names::ImageEntryName;
 use cellport_io::storage::Staging;
 
-/// The annotation and metrics files, built in staging from the staged items.
+/// The annotation and metrics files, built from the staged items in the attempt's local
+/// scratch directory (never in storage: they are rebuilt by every attempt).
 pub(super) struct Documents {
-    /// Archive entry → staged file, in archive order.
-    pub(super) files: Vec<(String, String)>,
+    /// Archive entry → file in scratch, in archive order.
+    pub(super) files: Vec<(String, PathBuf)>,
     pub(super) warnings: Vec<String>,
     /// Images whose original the items could not open: no `images/` entry.
     pub(super) missing_originals: HashSet<ImageId>,
@@ -37,17 +38,24 @@ pub(super) struct Documents {
 pub(super) async fn build_documents(
     input: &ExportInput<'_>,
     staging: &Staging,
+    scratch: &Path,
     images: &[PlannedImage],
     names: &[ImageEntryName],
 ) -> Result<Documents, ExportError> {
     let images: Arc<Vec<(PlannedImage, ImageEntryName)>> =
         Arc::new(images.iter().cloned().zip(names.iter().cloned()).collect());
     let options = input.options.clone();
-    let staging = staging.clone();
+    let items = StagedItems {
+        runtime: tokio::runtime::Handle::current(),
+        staging: staging.clone(),
+    };
+    // Each attempt builds its documents in a directory of its own: a stale attempt still
+    // writing must not interleave its bytes with the attempt that took the job over.
+    let docs = scratch.join(format!("docs-{}", uuid::Uuid::new_v4().simple()));
     let created = input.export_date;
     let project_name = input.project.name.clone();
     tokio::task::spawn_blocking(move || {
-        write_documents(&images, &options, &staging, created, &project_name)
+        write_documents(&images, &options, &items, &docs, created, &project_name)
     })
     .await
     .map_err(|e| ExportError::Io(std::io::Error::other(e)))?
@@ -60,8 +68,47 @@ fn create(path: &Path) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
     Ok(std::io::BufWriter::new(std::fs::File::create(path)?))
 }
 
-fn read_staged(staging: &Staging, image: &ImageId) -> std::io::Result<StagedImage> {
-    let bytes = std::fs::read(staging.path(&staged_item_name(image)))?;
+/// Staged items read from storage ahead of the (blocking) document writers.
+struct StagedItems {
+    runtime: tokio::runtime::Handle,
+    staging: Staging,
+}
+
+/// Staged items read at once: on S3 each is a GET, and the writers wait on none of them.
+const READ_AHEAD: usize = 32;
+
+impl StagedItems {
+    /// The staged items of `ids`, in order. Dropping the iterator stops the reads.
+    fn in_order(&self, ids: Vec<ImageId>) -> impl Iterator<Item = std::io::Result<StagedImage>> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let staging = self.staging.clone();
+        self.runtime.spawn(async move {
+            let mut reads = futures::stream::iter(ids)
+                .map(|id| {
+                    let staging = staging.clone();
+                    async move { read_staged(&staging, &id).await }
+                })
+                .buffered(READ_AHEAD);
+            while let Some(item) = reads.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        std::iter::from_fn(move || rx.blocking_recv())
+    }
+}
+
+async fn read_staged(staging: &Staging, image: &ImageId) -> std::io::Result<StagedImage> {
+    let bytes = staging
+        .read(&staged_item_name(image))
+        .await?
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the staged item of image {image} is missing"),
+            )
+        })?;
     serde_json::from_slice(&bytes).map_err(std::io::Error::other)
 }
 
@@ -69,15 +116,25 @@ fn read_staged(staging: &Staging, image: &ImageId) -> std::io::Result<StagedImag
 /// the source did not know, what its item read from the file (a first pass over those items).
 fn image_sizes(
     images: &[(PlannedImage, ImageEntryName)],
-    staging: &Staging,
+    items: &StagedItems,
 ) -> std::io::Result<Vec<(u32, u32)>> {
+    let known = |image: &PlannedImage| image.width > 0 && image.height > 0;
+    let unknown: Vec<ImageId> = images
+        .iter()
+        .filter(|(image, _)| !known(image))
+        .map(|(image, _)| image.id.clone())
+        .collect();
+    let mut read = items.in_order(unknown);
     images
         .iter()
         .map(|(image, _)| {
-            if image.width > 0 && image.height > 0 {
+            if known(image) {
                 Ok((image.width, image.height))
             } else {
-                read_staged(staging, &image.id).map(|s| (s.width, s.height))
+                let staged = read
+                    .next()
+                    .unwrap_or_else(|| Err(std::io::Error::other("staged items ended early")))?;
+                Ok((staged.width, staged.height))
             }
         })
         .collect()
@@ -86,13 +143,12 @@ fn image_sizes(
 fn write_documents(
     images: &[(PlannedImage, ImageEntryName)],
     options: &ExportOptions,
-    staging: &Staging,
+    items: &StagedItems,
+    docs: &Path,
     created: OffsetDateTime,
     project_name: &str,
 ) -> Result<Documents, ExportError> {
-    // Each attempt builds its documents in a directory of its own: a stale attempt still
-    // writing must not interleave its bytes with the attempt that took the job over.
-    let docs = format!("docs/{}", uuid::Uuid::new_v4().simple());
+    let ids = || images.iter().map(|(image, _)| image.id.clone()).collect();
     let formats = &options.annotation_formats;
     let scale = options.pixel_to_micrometer_scale;
     let mut files = Vec::new();
@@ -106,7 +162,7 @@ fn write_documents(
                 date_created: created,
             };
             let file_names: Vec<String> = images.iter().map(|(_, n)| n.file_name()).collect();
-            let sizes = image_sizes(images, staging)?;
+            let sizes = image_sizes(images, items)?;
             let coco_images = file_names.iter().zip(sizes).enumerate().map(
                 |(i, (file_name, (width, height)))| CocoImage {
                     id: i as u64 + 1,
@@ -116,7 +172,7 @@ fn write_documents(
                 },
             );
             Some(CocoWriter::start(
-                create(&staging.path(&format!("{docs}/coco.json")))?,
+                create(&docs.join("coco.json"))?,
                 &info,
                 coco_images,
             )?)
@@ -130,7 +186,7 @@ fn write_documents(
             image_count: images.len() as u64,
         };
         Some(SegmentationJsonWriter::start(
-            create(&staging.path(&format!("{docs}/segmentation.json")))?,
+            create(&docs.join("segmentation.json"))?,
             &metadata,
         )?)
     } else {
@@ -139,7 +195,7 @@ fn write_documents(
     let metrics_formats = &options.metrics_formats;
     let mut csv = if metrics_formats.contains(&MetricsFormat::Csv) {
         Some(MetricsCsvWriter::start(
-            create(&staging.path(&format!("{docs}/metrics.csv")))?,
+            create(&docs.join("metrics.csv"))?,
             scale,
         )?)
     } else {
@@ -147,7 +203,7 @@ fn write_documents(
     };
     let mut metrics_json = if metrics_formats.contains(&MetricsFormat::Json) {
         Some(MetricsJsonWriter::start(
-            create(&staging.path(&format!("{docs}/metrics.json")))?,
+            create(&docs.join("metrics.json"))?,
             scale,
         )?)
     } else {
@@ -155,8 +211,8 @@ fn write_documents(
     };
     let mut yolo_files = Vec::new();
     let mut missing_originals = HashSet::new();
-    for (i, (image, name)) in images.iter().enumerate() {
-        let staged = read_staged(staging, &image.id)?;
+    for (i, ((image, name), staged)) in images.iter().zip(items.in_order(ids())).enumerate() {
+        let staged = staged?;
         warnings.extend(staged.warnings);
         if staged.original_missing {
             missing_originals.insert(image.id.clone());
@@ -176,71 +232,54 @@ fn write_documents(
             }
         }
         if let Some(label) = &staged.yolo {
-            let staged_name = format!("{docs}/yolo/{}.txt", image.id);
-            create(&staging.path(&staged_name))?.write_all(label.as_bytes())?;
-            yolo_files.push((
-                format!("annotations/yolo/labels/{}.txt", name.stem),
-                staged_name,
-            ));
+            let path = docs.join(format!("yolo/{}.txt", image.id));
+            create(&path)?.write_all(label.as_bytes())?;
+            yolo_files.push((format!("annotations/yolo/labels/{}.txt", name.stem), path));
         }
     }
     if let Some(writer) = coco {
         writer.finish()?.flush()?;
         files.push((
             "annotations/coco/annotations.json".to_owned(),
-            format!("{docs}/coco.json"),
+            docs.join("coco.json"),
         ));
     }
     if formats.contains(&AnnotationFormat::Yolo) {
-        create(&staging.path(&format!("{docs}/yolo/data.yaml")))?
-            .write_all(yolo_data_yaml().as_bytes())?;
-        files.push((
-            "annotations/yolo/data.yaml".to_owned(),
-            format!("{docs}/yolo/data.yaml"),
-        ));
+        let path = docs.join("yolo/data.yaml");
+        create(&path)?.write_all(yolo_data_yaml().as_bytes())?;
+        files.push(("annotations/yolo/data.yaml".to_owned(), path));
         files.extend(yolo_files);
     }
     if let Some(writer) = segmentation {
         writer.finish()?.flush()?;
         files.push((
             "annotations/json/segmentation_data.json".to_owned(),
-            format!("{docs}/segmentation.json"),
+            docs.join("segmentation.json"),
         ));
     }
     if metrics_formats.contains(&MetricsFormat::Excel) {
-        let path = staging.path(&format!("{docs}/metrics.xlsx"));
+        let path = docs.join("metrics.xlsx");
         let mut failed = None;
-        let rows = images
-            .iter()
-            .flat_map(|(image, _)| match read_staged(staging, &image.id) {
-                Ok(staged) => staged.metrics.unwrap_or_default(),
-                Err(e) => {
-                    failed.get_or_insert(e);
-                    Vec::new()
-                }
-            });
+        let rows = items.in_order(ids()).flat_map(|staged| match staged {
+            Ok(staged) => staged.metrics.unwrap_or_default(),
+            Err(e) => {
+                failed.get_or_insert(e);
+                Vec::new()
+            }
+        });
         write_metrics_xlsx(&path, scale, rows).map_err(|e| ExportError::Xlsx(e.to_string()))?;
         if let Some(e) = failed {
             return Err(e.into());
         }
-        files.push((
-            "metrics/metrics.xlsx".to_owned(),
-            format!("{docs}/metrics.xlsx"),
-        ));
+        files.push(("metrics/metrics.xlsx".to_owned(), path));
     }
     if let Some(writer) = csv {
         writer.finish()?.flush()?;
-        files.push((
-            "metrics/metrics.csv".to_owned(),
-            format!("{docs}/metrics.csv"),
-        ));
+        files.push(("metrics/metrics.csv".to_owned(), docs.join("metrics.csv")));
     }
     if let Some(writer) = metrics_json {
         writer.finish()?.flush()?;
-        files.push((
-            "metrics/metrics.json".to_owned(),
-            format!("{docs}/metrics.json"),
-        ));
+        files.push(("metrics/metrics.json".to_owned(), docs.join("metrics.json")));
     }
     Ok(Documents {
         files,
@@ -250,16 +289,41 @@ fn write_documents(
 }
 
 /// The ZIP being written, with progress and cancellation per chunk.
+///
+/// An entry that fits in one chunk is written whole, deflated by the one compressor the archive
+/// keeps: a project of 100,000 images has 100,000 small label files, and a compressor allocated
+/// per entry (hundreds of KiB each) left the worker's heap fragmented at over a gigabyte.
 pub(super) struct ArchiveWriter<'a, W: AsyncWrite + Unpin> {
-    pub(super) zip: ZipFileWriter<tokio_util::compat::Compat<W>>,
-    pub(super) entries: Vec<String>,
-    pub(super) buf: Vec<u8>,
-    pub(super) reporter: &'a Reporter<'a>,
-    pub(super) task: usize,
-    pub(super) cancel: &'a CancellationToken,
+    zip: ZipFileWriter<tokio_util::compat::Compat<W>>,
+    entries: Vec<String>,
+    buf: Vec<u8>,
+    deflater: flate2::Compress,
+    deflated: Vec<u8>,
+    reporter: &'a Reporter<'a>,
+    task: usize,
+    cancel: &'a CancellationToken,
 }
 
-impl<W: AsyncWrite + Unpin> ArchiveWriter<'_, W> {
+impl<'a, W: AsyncWrite + Unpin> ArchiveWriter<'a, W> {
+    pub(super) fn new(
+        out: W,
+        chunk: usize,
+        reporter: &'a Reporter<'a>,
+        task: usize,
+        cancel: &'a CancellationToken,
+    ) -> Self {
+        Self {
+            zip: ZipFileWriter::with_tokio(out),
+            entries: Vec::new(),
+            buf: vec![0u8; chunk],
+            deflater: flate2::Compress::new(flate2::Compression::default(), false),
+            deflated: Vec::new(),
+            reporter,
+            task,
+            cancel,
+        }
+    }
+
     /// Streams `from` into a new entry.
     pub(super) async fn copy<R: AsyncRead + Unpin>(
         &mut self,
@@ -269,25 +333,35 @@ impl<W: AsyncWrite + Unpin> ArchiveWriter<'_, W> {
         what: &str,
     ) -> Result<(), ExportError> {
         check_cancel(self.cancel)?;
+        let read_error = |source| ExportError::ReadImage {
+            name: what.to_owned(),
+            source,
+        };
+        let first = read_chunk(&mut from, &mut self.buf)
+            .await
+            .map_err(read_error)?;
+        if first < self.buf.len() {
+            let chunk = std::mem::take(&mut self.buf);
+            let written = self.whole(entry, &chunk[..first], compression).await;
+            self.buf = chunk;
+            written?;
+            self.archived(first);
+            return check_cancel(self.cancel);
+        }
         let mut writer = self
             .zip
             .write_entry_stream(ZipEntryBuilder::new(entry.to_owned().into(), compression))
             .await?;
-        loop {
-            let n = read_chunk(&mut from, &mut self.buf)
-                .await
-                .map_err(|source| ExportError::ReadImage {
-                    name: what.to_owned(),
-                    source,
-                })?;
-            if n == 0 {
-                break;
-            }
+        let mut n = first;
+        while n > 0 {
             writer.write_all(&self.buf[..n]).await?;
             self.reporter.update(|t| {
                 t.add_cost(self.task, n as u64 * COST_PER_BYTE_ARCHIVED);
             });
             check_cancel(self.cancel)?;
+            n = read_chunk(&mut from, &mut self.buf)
+                .await
+                .map_err(read_error)?;
         }
         writer.close().await?;
         self.entries.push(entry.to_owned());
@@ -296,14 +370,63 @@ impl<W: AsyncWrite + Unpin> ArchiveWriter<'_, W> {
 
     /// Writes a small text entry, deflated.
     pub(super) async fn text(&mut self, entry: &str, bytes: &[u8]) -> Result<(), ExportError> {
-        self.zip
-            .write_entry_whole(
-                ZipEntryBuilder::new(entry.to_owned().into(), Compression::Deflate),
-                bytes,
-            )
-            .await?;
+        self.whole(entry, bytes, Compression::Deflate).await
+    }
+
+    /// Closes the archive: the central directory, then the output.
+    pub(super) async fn finish(self) -> Result<Vec<String>, ExportError> {
+        let mut out = self.zip.close().await?;
+        futures::AsyncWriteExt::close(&mut out).await?;
+        Ok(self.entries)
+    }
+
+    fn archived(&self, bytes: usize) {
+        self.reporter.update(|t| {
+            t.add_cost(self.task, bytes as u64 * COST_PER_BYTE_ARCHIVED);
+        });
+    }
+
+    /// Writes an entry held in memory, with its sizes and CRC in the local header.
+    async fn whole(
+        &mut self,
+        entry: &str,
+        data: &[u8],
+        compression: Compression,
+    ) -> Result<(), ExportError> {
+        let builder = ZipEntryBuilder::new(entry.to_owned().into(), compression);
+        if compression == Compression::Deflate {
+            deflate(&mut self.deflater, data, &mut self.deflated)?;
+            let builder = builder
+                .crc32(async_zip::base::write::crc32(data))
+                .uncompressed_size(data.len() as u64);
+            self.zip
+                .write_entry_whole_precompressed(builder, &self.deflated)
+                .await?;
+        } else {
+            self.zip.write_entry_whole(builder, data).await?;
+        }
         self.entries.push(entry.to_owned());
         Ok(())
+    }
+}
+
+/// Raw deflate of `data` into `out`, reusing the compressor's state.
+fn deflate(
+    deflater: &mut flate2::Compress,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ExportError> {
+    deflater.reset();
+    out.clear();
+    loop {
+        out.reserve(data.len() / 2 + 64);
+        let consumed = usize::try_from(deflater.total_in()).expect("consumed bytes fit in memory");
+        let status = deflater
+            .compress_vec(&data[consumed..], out, flate2::FlushCompress::Finish)
+            .map_err(std::io::Error::other)?;
+        if status == flate2::Status::StreamEnd {
+            return Ok(());
+        }
     }
 }
 

@@ -69,6 +69,7 @@ async fn export_without_a_gateway_follows_by_long_poll_and_downloads() -> anyhow
         redis_url: redis.url(),
         data_dir: data.path().to_owned(),
         source: cellport_io::SourceConfig::Files,
+        storage: cellport_io::StorageConfig::Dir(data.path().to_owned()),
         jwt_secret: cellport_testkit::jwt_secret(),
         token_rules: Default::default(),
         events_url: events_url.clone(),
