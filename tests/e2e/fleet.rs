@@ -239,11 +239,68 @@ fn counters_seen(events: &[Value], statuses: &[Value]) -> Vec<(u64, u64, f64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_job_is_resumed_from_its_checkpoints() -> anyhow::Result<()> {
-    let stack = Stack::start(without_worker()).await?;
-    let (project, source_dir) = stack.import_synthetic("alice", takeover_spec()).await?;
-    let project = project.id.as_str();
+    killed_workers_job_is_resumed(Hosts::One).await
+}
+
+/// SPEC §11: the api and two workers each with an empty data directory of its own, sharing
+/// Redis and a bucket for what they write and reading the project from the web app's database
+/// and uploads. Worker B never saw worker A's disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_job_is_resumed_on_another_host_from_the_bucket() -> anyhow::Result<()> {
+    killed_workers_job_is_resumed(Hosts::Several).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hosts {
+    /// Everything in one data directory, projects in the file store.
+    One,
+    /// A data directory per worker, storage in a bucket, projects in the web app's database.
+    Several,
+}
+
+/// Every file under `dir`, with its size, relative to it.
+fn files_under(dir: &std::path::Path) -> Vec<(String, u64)> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, u64)>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                let name = path.strip_prefix(root).unwrap().display().to_string();
+                out.push((name, size));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files);
+    files.sort();
+    files
+}
+
+async fn killed_workers_job_is_resumed(hosts: Hosts) -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        bucket: hosts == Hosts::Several,
+        webapp: hosts == Hosts::Several,
+        ..without_worker()
+    })
+    .await?;
+    let (project, source_dir) = match hosts {
+        Hosts::One => {
+            let (project, source_dir) = stack.import_synthetic("alice", takeover_spec()).await?;
+            (project.id.to_string(), source_dir)
+        }
+        Hosts::Several => stack.import_webapp("alice", takeover_spec()).await?,
+    };
+    let project = project.as_str();
+    let uploads_before = stack.webapp.as_ref().map(|w| files_under(&w.uploads));
+    let (host_a, host_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let spawn = |name: &str, host: &std::path::Path| match hosts {
+        Hosts::One => stack.spawn_worker_with(name, "2s", "3s", 1, TAKEOVER_PARALLELISM),
+        Hosts::Several => stack.spawn_worker_in(host, name, "2s", "3s", 1, TAKEOVER_PARALLELISM),
+    };
     let mut ws = stack.ws("alice").await?;
-    let mut worker_a = stack.spawn_worker_with("worker-a", "2s", "3s", 1, TAKEOVER_PARALLELISM)?;
+    let mut worker_a = spawn("worker-a", host_a.path())?;
     let job = stack
         .post_export("alice", project, json!({ "options": every_option() }))
         .await?;
@@ -267,7 +324,7 @@ async fn a_killed_workers_job_is_resumed_from_its_checkpoints() -> anyhow::Resul
     );
 
     let killed_at = Instant::now();
-    let worker_b = stack.spawn_worker_with("worker-b", "2s", "3s", 1, TAKEOVER_PARALLELISM)?;
+    let worker_b = spawn("worker-b", host_b.path())?;
     let (resumed, restarted) = events_until(&mut ws, &job, Duration::from_secs(60), |e| {
         e["event"] == "export:started"
     })
@@ -335,6 +392,38 @@ async fn a_killed_workers_job_is_resumed_from_its_checkpoints() -> anyhow::Resul
         (status["status"].as_str(), status["attempts"].as_u64()),
         (Some("completed"), Some(2))
     );
+    if hosts == Hosts::Several {
+        // Nothing of the job is left in the bucket once it completed but its archive (staging
+        // is removed just after), nothing was ever written to the uploads, and the hosts'
+        // disks hold no staging or archive.
+        let only_the_archive = |left: &[String]| left.len() == 1 && left[0].ends_with(".2.zip");
+        cellport_testkit::wait_until(Duration::from_secs(30), || async {
+            stack
+                .stored_for(&job)
+                .await
+                .is_ok_and(|left| only_the_archive(&left))
+        })
+        .await;
+        let left = stack.stored_for(&job).await?;
+        assert!(
+            only_the_archive(&left),
+            "only the second attempt's archive is left: {} objects, first {:?}",
+            left.len(),
+            left.iter().take(3).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            stack.webapp.as_ref().map(|w| files_under(&w.uploads)),
+            uploads_before,
+            "the uploads are only ever read"
+        );
+        for host in [&host_a, &host_b] {
+            let written: Vec<_> = files_under(host.path())
+                .into_iter()
+                .filter(|(name, _)| !name.starts_with("scratch/"))
+                .collect();
+            assert!(written.is_empty(), "a host's disk holds {written:?}");
+        }
+    }
     download_and_check(&stack, project, &job, &source_dir).await
 }
 
@@ -449,7 +538,20 @@ async fn sigterm_hands_the_job_back_at_once() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_jobs_stop_leave_nothing_and_never_complete() -> anyhow::Result<()> {
-    let stack = Stack::start(without_worker()).await?;
+    cancelled_jobs_leave_nothing(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_jobs_leave_no_object_in_the_bucket() -> anyhow::Result<()> {
+    cancelled_jobs_leave_nothing(true).await
+}
+
+async fn cancelled_jobs_leave_nothing(bucket: bool) -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        bucket,
+        ..without_worker()
+    })
+    .await?;
     let (project, _) = stack.import_synthetic("alice", fleet_spec()).await?;
     let project = project.id.as_str();
     let mut ws = stack.ws("alice").await?;
@@ -491,23 +593,18 @@ async fn cancelled_jobs_stop_leave_nothing_and_never_complete() -> anyhow::Resul
     })
     .await;
     assert!(stopped, "{}", worker.log());
-    let data = stack.data.path().to_owned();
-    let clean = cellport_testkit::wait_until(Duration::from_secs(30), || {
-        let data = data.clone();
-        let running = running.clone();
-        async move {
-            let staged = data.join("staging").join(&running).exists();
-            let archives = std::fs::read_dir(data.join("archives"))
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.file_name().to_string_lossy().starts_with(&running))
-                })
-                .unwrap_or(false);
-            !staged && !archives
-        }
+    let clean = cellport_testkit::wait_until(Duration::from_secs(30), || async {
+        stack
+            .stored_for(&running)
+            .await
+            .is_ok_and(|left| left.is_empty())
     })
     .await;
-    assert!(clean, "staged or partial files were left behind");
+    assert!(
+        clean,
+        "staged items or a partial archive were left behind: {:?}",
+        stack.stored_for(&running).await?
+    );
     // Nothing follows the cancellation, and neither job was ever completed.
     let (after, _) = events_until(&mut ws, &running, Duration::from_secs(2), |_| false).await;
     assert!(after.is_empty(), "events after the cancellation: {after:?}");

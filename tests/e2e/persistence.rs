@@ -74,8 +74,18 @@ async fn a_redis_restart_mid_queue_loses_no_job() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_archives_are_deleted_and_their_records_kept() -> anyhow::Result<()> {
+    expired_archives_are_deleted(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_archives_are_deleted_from_the_bucket() -> anyhow::Result<()> {
+    expired_archives_are_deleted(true).await
+}
+
+async fn expired_archives_are_deleted(bucket: bool) -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
         archive_ttl: Duration::from_secs(1),
+        bucket,
         ..StackOptions::default()
     })
     .await?;
@@ -94,8 +104,11 @@ async fn expired_archives_are_deleted_and_their_records_kept() -> anyhow::Result
     let status = stack.status("alice", project, &job).await?;
     assert_eq!(status["status"], "completed", "the record stays in history");
     assert!(status["downloadUrl"].is_null());
-    let archives = std::fs::read_dir(stack.data.path().join("archives"))?.count();
-    assert_eq!(archives, 0, "the archive file is gone");
+    let left = stack.stored_for(&job).await?;
+    assert!(
+        left.is_empty(),
+        "the archive is gone, and its staging: {left:?}"
+    );
     let download = stack
         .http
         .get(stack.url(&format!("/api/projects/{project}/export/{job}/download")))

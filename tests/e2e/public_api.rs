@@ -150,7 +150,21 @@ async fn long_poll_answers_on_the_next_change_or_at_the_timeout() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_and_signed_downloads_drive_the_download_phase() -> anyhow::Result<()> {
-    let stack = Stack::start(StackOptions::default()).await?;
+    ranged_and_signed_downloads(false).await
+}
+
+/// The same from a bucket: the api streams ranged reads of the object (SPEC §11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_and_signed_downloads_from_a_bucket() -> anyhow::Result<()> {
+    ranged_and_signed_downloads(true).await
+}
+
+async fn ranged_and_signed_downloads(bucket: bool) -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        bucket,
+        ..StackOptions::default()
+    })
+    .await?;
     let (project, _) = stack.import_synthetic("alice", small()).await?;
     let project = project.id.as_str();
     let mut events = stack.ws("alice").await?;

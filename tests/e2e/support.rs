@@ -16,8 +16,8 @@ use cellport_io::{FileProjectStore, SourceConfig, StorageConfig};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
 use cellport_testkit::{
-    PostgresOptions, PostgresServer, RedisOptions, RedisServer, jwt_secret, local_listener,
-    wait_until, webapp,
+    PostgresOptions, PostgresServer, RedisOptions, RedisServer, S3Server, jwt_secret,
+    local_listener, wait_until, webapp,
 };
 use cellport_worker::WorkerConfig;
 use futures::StreamExt;
@@ -74,6 +74,9 @@ pub struct StackOptions {
     /// Read projects from a private PostgreSQL holding the web app's tables (SPEC §10)
     /// instead of the built-in file store.
     pub webapp: bool,
+    /// Stage and archive in a bucket of a private S3-compatible server (SPEC §11) instead of
+    /// the data directory.
+    pub bucket: bool,
 }
 
 impl Default for StackOptions {
@@ -86,9 +89,14 @@ impl Default for StackOptions {
             max_connections_per_user: cellport_gateway::DEFAULT_MAX_CONNECTIONS_PER_USER,
             token_rules: TokenRules::default(),
             webapp: false,
+            bucket: false,
         }
     }
 }
+
+/// The bucket of a stack with `bucket: true`, and the prefix its storage uses.
+pub const BUCKET: &str = "cellport-exports";
+pub const BUCKET_PREFIX: &str = "fleet";
 
 /// The web app's side of a stack: its database and its uploads directory.
 pub struct WebApp {
@@ -102,6 +110,8 @@ pub struct Stack {
     pub redis: RedisServer,
     pub data: tempfile::TempDir,
     pub webapp: Option<WebApp>,
+    /// The S3-compatible server holding [`BUCKET`], when the stack stores there.
+    pub s3: Option<S3Server>,
     pub api: SocketAddr,
     pub gateway: SocketAddr,
     pub http: reqwest::Client,
@@ -151,7 +161,18 @@ impl Stack {
             },
             None => SourceConfig::Files,
         };
-        let storage = StorageConfig::Dir(data.path().to_owned());
+        let s3 = if options.bucket {
+            let server = S3Server::start().await?;
+            server.create_bucket(BUCKET).await?;
+            Some(server)
+        } else {
+            None
+        };
+        let storage = match &s3 {
+            Some(server) => StorageConfig::bucket(BUCKET, BUCKET_PREFIX, server.settings())
+                .map_err(anyhow::Error::msg)?,
+            None => StorageConfig::Dir(data.path().to_owned()),
+        };
 
         let api_listener = local_listener().await?;
         let api = api_listener.local_addr()?;
@@ -202,6 +223,7 @@ impl Stack {
             redis,
             data,
             webapp,
+            s3,
             api,
             gateway,
             http: reqwest::Client::new(),
@@ -262,6 +284,28 @@ impl Stack {
         slots: usize,
         item_parallelism: usize,
     ) -> anyhow::Result<WorkerProcess> {
+        let data_dir = self.data.path();
+        self.spawn_worker_in(
+            data_dir,
+            name,
+            lease,
+            reclaim_after,
+            slots,
+            item_parallelism,
+        )
+    }
+
+    /// [`Stack::spawn_worker_with`] with its own data directory, as on another host: what it
+    /// shares with the rest of the stack is Redis, the storage (a bucket) and the project source.
+    pub fn spawn_worker_in(
+        &self,
+        data_dir: &std::path::Path,
+        name: &str,
+        lease: &str,
+        reclaim_after: &str,
+        slots: usize,
+        item_parallelism: usize,
+    ) -> anyhow::Result<WorkerProcess> {
         let log_path = self.data.path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)?;
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-worker"));
@@ -270,9 +314,17 @@ impl Stack {
                 .env("CELLPORT_PROJECT_SOURCE", &webapp.url)
                 .env("CELLPORT_UPLOADS_DIR", &webapp.uploads);
         }
+        if let Some(server) = &self.s3 {
+            command
+                .env(
+                    "CELLPORT_STORAGE_URL",
+                    format!("s3://{BUCKET}/{BUCKET_PREFIX}"),
+                )
+                .envs(server.env());
+        }
         let child = command
             .env("CELLPORT_REDIS_URL", self.redis.url())
-            .env("CELLPORT_DATA_DIR", self.data.path())
+            .env("CELLPORT_DATA_DIR", data_dir)
             .env("CELLPORT_WORKER_NAME", name)
             .env("CELLPORT_WORKER_CONCURRENCY", slots.to_string())
             .env("CELLPORT_ITEM_PARALLELISM", item_parallelism.to_string())
@@ -286,6 +338,41 @@ impl Stack {
             .kill_on_drop(true)
             .spawn()?;
         Ok(WorkerProcess { child, log_path })
+    }
+
+    /// Everything in the stack's storage that belongs to `job`: files under the data dir's
+    /// `archives/` and `staging/`, or objects and open multipart uploads in the bucket.
+    pub async fn stored_for(&self, job: &str) -> anyhow::Result<Vec<String>> {
+        let mut found = Vec::new();
+        match &self.s3 {
+            Some(server) => {
+                for key in server.keys(BUCKET, &format!("{BUCKET_PREFIX}/")).await? {
+                    if key.contains(job) {
+                        found.push(key);
+                    }
+                }
+                for key in server.open_uploads(BUCKET).await? {
+                    if key.contains(job) {
+                        found.push(format!("open upload {key}"));
+                    }
+                }
+            }
+            None => {
+                let data = self.data.path();
+                if data.join("staging").join(job).exists() {
+                    found.push(format!("staging/{job}"));
+                }
+                if let Ok(entries) = std::fs::read_dir(data.join("archives")) {
+                    for entry in entries.flatten() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if name.starts_with(job) {
+                            found.push(format!("archives/{name}"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     pub async fn post_export(
