@@ -7,6 +7,7 @@ mod fleet;
 mod gateway;
 mod persistence;
 mod public_api;
+mod redis_tls;
 mod support;
 mod tidy;
 mod web_app_tokens;

@@ -18,6 +18,9 @@ pub struct RedisOptions {
     pub dir: Option<PathBuf>,
     /// The port; a free one when `None`.
     pub port: Option<u16>,
+    /// Also listen with TLS on a second free port, with a certificate for 127.0.0.1 made in
+    /// the data dir by `openssl`; [`RedisServer::url`] is then the `rediss://` one.
+    pub tls: bool,
 }
 
 enum DataDir {
@@ -38,6 +41,7 @@ impl DataDir {
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     dir: DataDir,
     options: RedisOptions,
 }
@@ -70,6 +74,11 @@ impl RedisServer {
             let mut server = RedisServer {
                 child: None,
                 port: options.port.map_or_else(free_port, Ok)?,
+                tls_port: if options.tls {
+                    Some(free_port()?)
+                } else {
+                    None
+                },
                 dir,
                 options: options.clone(),
             };
@@ -100,6 +109,18 @@ impl RedisServer {
             ])
             .arg("--logfile")
             .arg(dir.join("redis.log"));
+        if let Some(tls_port) = self.tls_port {
+            let (cert, key) = self.certificate()?;
+            cmd.arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&cert)
+                .arg("--tls-key-file")
+                .arg(&key)
+                .arg("--tls-ca-cert-file")
+                .arg(self.dir.path().join("tls/ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        }
         if self.options.aof {
             cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"]);
         } else {
@@ -143,8 +164,93 @@ impl RedisServer {
         )
     }
 
+    /// `redis://127.0.0.1:PORT`, or `rediss://…` on the TLS port of a server started with `tls`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls_port {
+            Some(port) => format!("rediss://127.0.0.1:{port}"),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The CA a client of a `tls` server must trust (`SSL_CERT_FILE` names it to a client).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls_port.map(|_| self.dir.path().join("tls/ca.pem"))
+    }
+
+    /// A CA and the server's certificate for 127.0.0.1 and localhost signed by it, made once
+    /// with `openssl`. Returns the certificate and key the server presents.
+    fn certificate(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let dir = self.dir.path().join("tls");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        if cert.exists() && key.exists() {
+            return Ok((cert, key));
+        }
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )?;
+        let p256 = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let steps: [&[&str]; 3] = [
+            &[
+                &["req", "-x509"],
+                &p256[..],
+                &["-days", "2", "-subj", "/CN=Cellport test CA"],
+                &["-addext", "basicConstraints=critical,CA:TRUE"],
+                &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+            &[
+                &["req"],
+                &p256[..],
+                &[
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "server.csr",
+                ],
+            ]
+            .concat(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "cert.pem",
+            ],
+        ];
+        for args in steps {
+            let made = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .context("running openssl to make a test certificate")?;
+            anyhow::ensure!(made.success(), "openssl {} failed", args[..2].join(" "));
+        }
+        Ok((cert, key))
     }
 
     pub fn port(&self) -> u16 {

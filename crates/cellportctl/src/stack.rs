@@ -72,7 +72,7 @@ impl LocalStack {
             let server = RedisServer::start(RedisOptions {
                 aof: true,
                 dir: config.redis_dir.clone(),
-                port: None,
+                ..RedisOptions::default()
             })
             .await
             .context("no Redis answers and a private one could not be started")?;
