@@ -1,8 +1,10 @@
 //! The archive step's throughput against `zip -0 -r` on the same files, and peak memory.
 //!
 //! `cargo bench -p cellport-pipeline --bench archive` writes ~500 MB of incompressible
-//! "images", exports them (originals only: the archive step alone) and zips them with
-//! `zip -0 -r`, alternating three times each, and prints medians and the throughput ratio.
+//! "images", exports them (originals only: the archive step alone) into storage on disk and
+//! into a bucket of a loopback S3 server (moto, when `scripts/ensure-venv` installed it), and
+//! zips them with `zip -0 -r`, alternating three times each, and prints medians and the
+//! throughput ratio. With `CELLPORT_BENCH_STORAGE=s3` the RSS export below goes to the bucket.
 //! With `CELLPORT_BENCH_RSS_GB=2` it also exports a project of that many GB of real 2048×2048
 //! TIFF images with every option on and prints the process's peak RSS (VmHWM), on a runtime
 //! built as the worker builds its own. `CELLPORT_BENCH_PARALLELISM` sets the items at once
@@ -102,20 +104,22 @@ fn write_tiffs(dir: &Path, bytes: u64) -> std::path::PathBuf {
     coco
 }
 
+/// One export of `project` into `storage`, as a worker runs it: staging and the archive in
+/// the storage, committed at the end. Returns how long it took; the archive is removed after.
 async fn export_once(
     store: &FileProjectStore,
-    data: &Path,
+    storage: &Storage,
+    scratch: &Path,
     project: &cellport_core::Project,
     options: &ExportOptions,
-    out: &Path,
 ) -> Duration {
     let images: Vec<cellport_core::ImageId> = store
         .image_id_page(&project.id, None, usize::MAX)
         .await
         .unwrap()
         .ids;
-    let storage = Storage::new(data);
-    let staging = storage.staging(cellport_core::JobId::new());
+    let job = cellport_core::JobId::new();
+    let staging = storage.staging(job);
     let input = ExportInput {
         project,
         image_ids: &images,
@@ -123,7 +127,7 @@ async fn export_once(
         source: store,
         export_date: time::OffsetDateTime::now_utc(),
     };
-    let scratch = tempfile::tempdir_in(data).unwrap();
+    let scratch = tempfile::tempdir_in(scratch).unwrap();
     let ctx = ExportContext {
         staging: &staging,
         scratch: scratch.path(),
@@ -133,14 +137,31 @@ async fn export_once(
         parallelism: parallelism(),
     };
     let started = Instant::now();
-    let file = tokio::fs::File::create(out).await.unwrap();
-    let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, file);
-    export_archive(&input, &ctx, &mut file).await.unwrap();
-    tokio::io::AsyncWriteExt::flush(&mut file).await.unwrap();
-    file.into_inner().sync_all().await.unwrap();
+    let mut archive = storage.create_archive(job, 1).await.unwrap();
+    export_archive(&input, &ctx, &mut archive).await.unwrap();
+    let finished = archive.commit().await.unwrap();
     let elapsed = started.elapsed();
+    storage.remove_archive(&finished.name).await.unwrap();
     staging.remove().await.unwrap();
     elapsed
+}
+
+/// A bucket on a private moto server (`.venv`, see scripts/ensure-venv), or `None` when
+/// moto is not installed.
+async fn bucket() -> Option<(cellport_testkit::S3Server, Storage)> {
+    let server = match cellport_testkit::S3Server::start().await {
+        Ok(server) => server,
+        Err(e) => {
+            println!("  (no S3 figures: {e})");
+            return None;
+        }
+    };
+    server.create_bucket("bench").await.unwrap();
+    let storage = cellport_io::StorageConfig::bucket("bench", "cellport", server.settings())
+        .unwrap()
+        .open()
+        .unwrap();
+    Some((server, storage))
 }
 
 async fn import(
@@ -202,11 +223,14 @@ async fn run() {
         metrics_formats: vec![],
         ..ExportOptions::default()
     };
-    let (mut ours, mut zips) = (Vec::new(), Vec::new());
+    let on_disk = Storage::new(tmp.path().join("storage"));
+    let s3 = bucket().await;
+    let (mut ours, mut zips, mut uploads) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..3 {
-        let out = tmp.path().join(format!("cellport-{round}.zip"));
-        ours.push(export_once(&store, &data, &project, &originals_only, &out).await);
-        std::fs::remove_file(&out).unwrap();
+        ours.push(export_once(&store, &on_disk, &data, &project, &originals_only).await);
+        if let Some((_, in_bucket)) = &s3 {
+            uploads.push(export_once(&store, in_bucket, &data, &project, &originals_only).await);
+        }
         let out = tmp.path().join(format!("zip-{round}.zip"));
         let started = Instant::now();
         let status = std::process::Command::new("zip")
@@ -228,6 +252,14 @@ async fn run() {
         ours.as_secs_f64() * 1e3,
         mb / ours.as_secs_f64()
     );
+    if !uploads.is_empty() {
+        let s3 = median(uploads);
+        println!(
+            "  to S3 (moto, loopback):  {:>7.0} ms  {:>6.0} MB/s",
+            s3.as_secs_f64() * 1e3,
+            mb / s3.as_secs_f64()
+        );
+    }
     println!(
         "  zip -0 -r:               {:>7.0} ms  {:>6.0} MB/s",
         zip.as_secs_f64() * 1e3,
@@ -258,9 +290,15 @@ async fn run() {
                 ..ExportOptions::default()
             },
         };
-        let took = export_once(&store, &data, &project, &every, &tmp.path().join("rss.zip")).await;
+        // CELLPORT_BENCH_STORAGE=s3 writes staging and the archive to the loopback bucket.
+        let to_s3 = std::env::var("CELLPORT_BENCH_STORAGE").is_ok_and(|v| v == "s3");
+        let (target, storage) = match (&s3, to_s3) {
+            (Some((_, in_bucket)), true) => ("S3", in_bucket.clone()),
+            _ => ("disk", on_disk.clone()),
+        };
+        let took = export_once(&store, &storage, &data, &project, &every).await;
         println!(
-            "{} images 2048x2048 ({gb} GB): {:.1} s, peak RSS {:.0} MB (before the export: {before:.0} MB)",
+            "{} images 2048x2048 ({gb} GB) to {target}: {:.1} s, peak RSS {:.0} MB (before the export: {before:.0} MB)",
             project.image_count,
             took.as_secs_f64(),
             peak_rss_mb()
