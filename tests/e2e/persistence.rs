@@ -205,3 +205,71 @@ async fn leftovers_of_stale_attempts_and_ended_jobs_are_removed() -> anyhow::Res
     assert!(!entries.is_empty(), "the archive that counts stays");
     Ok(())
 }
+
+/// The leftover sweep on a bucket (SPEC §11): it lists by prefix and removes a stale attempt's
+/// archive, the archive of a job Redis does not know and an ended job's staged objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_in_a_bucket_are_removed() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        bucket: true,
+        ..StackOptions::default()
+    })
+    .await?;
+    let (project, _) = stack.import_synthetic("alice", tiny(2)).await?;
+    let project = project.id.as_str();
+    let job = stack.post_export("alice", project, json!({})).await?;
+    let done = stack.completed("alice", project, &job).await?;
+    let staged_gone = wait_until(Duration::from_secs(10), || async {
+        stack
+            .stored_for(&job)
+            .await
+            .is_ok_and(|left| left.iter().all(|key| key.contains("/archives/")))
+    })
+    .await;
+    assert!(staged_gone, "{:?}", stack.stored_for(&job).await?);
+    let counts = stack.stored_for(&job).await?;
+    assert_eq!(counts.len(), 1, "the archive that counts: {counts:?}");
+
+    let s3 = stack.s3.as_ref().expect("a bucket stack");
+    let storage = cellport_io::StorageConfig::bucket(
+        crate::support::BUCKET,
+        crate::support::BUCKET_PREFIX,
+        s3.settings(),
+    )
+    .map_err(anyhow::Error::msg)?
+    .open()
+    .map_err(anyhow::Error::msg)?;
+    let job_id: cellport_core::JobId = job.parse()?;
+    let unknown = cellport_core::JobId::new();
+    for (owner, fence) in [(job_id, 0), (unknown, 1)] {
+        let mut archive = storage.create_archive(owner, fence).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut archive, b"PK").await?;
+        archive.commit().await?;
+    }
+    storage
+        .staging(job_id)
+        .write("leftover.json", b"{}")
+        .await?;
+    let store = cellport_store::Store::connect(&stack.redis.url()).await?;
+    // Judged two hours from now, as a sweep then would: everything planted is old enough.
+    let later = std::time::SystemTime::now() + Duration::from_secs(2 * 3600);
+    let removed =
+        cellport_worker::retention::remove_leftovers_as_of(&store, &storage, later).await?;
+    assert_eq!(
+        removed, 3,
+        "a stale archive, an unknown job's and a staging area"
+    );
+    assert_eq!(
+        stack.stored_for(&job).await?,
+        counts,
+        "only the archive that counts"
+    );
+    assert!(stack.stored_for(&unknown.to_string()).await?.is_empty());
+    // Now, nothing is old enough: the sweep leaves young objects alone.
+    storage.staging(unknown).write("young.json", b"{}").await?;
+    let removed = cellport_worker::retention::remove_leftovers(&store, &storage).await?;
+    assert_eq!(removed, 0, "objects younger than an hour are left alone");
+    let entries = stack.download("alice", &done).await?;
+    assert!(!entries.is_empty(), "the archive that counts stays");
+    Ok(())
+}

@@ -125,7 +125,16 @@ const LEFTOVER_MIN_AGE: Duration = Duration::from_secs(3600);
 /// Returns how many it removed. The sweeper calls it every `leftovers_every`; tests call it
 /// to run a round now.
 pub async fn remove_leftovers(store: &Store, storage: &Storage) -> anyhow::Result<usize> {
-    let now = std::time::SystemTime::now();
+    remove_leftovers_as_of(store, storage, std::time::SystemTime::now()).await
+}
+
+/// [`remove_leftovers`] judging ages as of `now`: a test of a bucket, whose objects' times
+/// the server sets, runs a round as if it were later.
+pub async fn remove_leftovers_as_of(
+    store: &Store,
+    storage: &Storage,
+    now: std::time::SystemTime,
+) -> anyhow::Result<usize> {
     let mut judged = Vec::new();
     let mut known = false;
     for (item, modified) in storage.inventory().await? {
