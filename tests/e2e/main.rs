@@ -12,3 +12,4 @@ mod support;
 mod tidy;
 mod web_app_tokens;
 mod webapp_source;
+mod worker_health;

@@ -106,6 +106,13 @@ pub struct WebApp {
     pub uploads: PathBuf,
 }
 
+/// How a spawned worker process runs.
+struct WorkerShape {
+    slots: usize,
+    item_parallelism: usize,
+    health: Option<SocketAddr>,
+}
+
 pub struct Stack {
     pub redis: RedisServer,
     pub data: tempfile::TempDir,
@@ -306,6 +313,27 @@ impl Stack {
         slots: usize,
         item_parallelism: usize,
     ) -> anyhow::Result<WorkerProcess> {
+        let shape = WorkerShape {
+            slots,
+            item_parallelism,
+            health: None,
+        };
+        self.spawn_worker_process(data_dir, name, lease, reclaim_after, shape)
+    }
+
+    fn spawn_worker_process(
+        &self,
+        data_dir: &std::path::Path,
+        name: &str,
+        lease: &str,
+        reclaim_after: &str,
+        shape: WorkerShape,
+    ) -> anyhow::Result<WorkerProcess> {
+        let WorkerShape {
+            slots,
+            item_parallelism,
+            health,
+        } = shape;
         let log_path = self.data.path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)?;
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-worker"));
@@ -330,6 +358,7 @@ impl Stack {
             .env("CELLPORT_ITEM_PARALLELISM", item_parallelism.to_string())
             .env("CELLPORT_LEASE_TTL", lease)
             .env("CELLPORT_RECLAIM_AFTER", reclaim_after)
+            .envs(health.map(|addr| ("CELLPORT_WORKER_HEALTH_ADDR", addr.to_string())))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null())
@@ -338,6 +367,23 @@ impl Stack {
             .kill_on_drop(true)
             .spawn()?;
         Ok(WorkerProcess { child, log_path })
+    }
+
+    /// [`Stack::spawn_worker`] (one job and one item at a time, the stack's data directory)
+    /// serving `/healthz`, `/readyz` and `/metrics` on `health` (`CELLPORT_WORKER_HEALTH_ADDR`).
+    pub fn spawn_worker_with_health(
+        &self,
+        name: &str,
+        lease: &str,
+        reclaim_after: &str,
+        health: SocketAddr,
+    ) -> anyhow::Result<WorkerProcess> {
+        let shape = WorkerShape {
+            slots: 1,
+            item_parallelism: 1,
+            health: Some(health),
+        };
+        self.spawn_worker_process(self.data.path(), name, lease, reclaim_after, shape)
     }
 
     /// Everything in the stack's storage that belongs to `job`: files under the data dir's

@@ -1,5 +1,6 @@
 //! The `cellport-worker` command line: flags and `CELLPORT_*` variables to a [`WorkerConfig`].
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,6 +47,9 @@ pub struct Args {
     /// How long a pending job without a queue entry (its creator died) waits before it is queued
     #[arg(long, env = "CELLPORT_REQUEUE_AFTER", default_value = "30s", value_parser = parse_duration)]
     requeue_after: Duration,
+    /// Address serving /healthz, /readyz and /metrics of this worker [default: none served]
+    #[arg(long, env = "CELLPORT_WORKER_HEALTH_ADDR")]
+    health_addr: Option<SocketAddr>,
     /// How logs are written to stderr: text for people, json for log shippers (RUST_LOG filters)
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
@@ -69,6 +73,7 @@ pub fn main() -> anyhow::Result<()> {
         reclaim_after: args.reclaim_after,
         sweep_every: args.sweep_every,
         requeue_after: args.requeue_after,
+        health_addr: args.health_addr,
         ..defaults
     };
     // A blocking pool as small as the item parallelism: file IO and item rendering run there, and
@@ -79,4 +84,18 @@ pub fn main() -> anyhow::Result<()> {
         .max_blocking_threads(config.item_parallelism.max(2))
         .build()?
         .block_on(run(config, shutdown_signal()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_health_address_is_a_socket_address() {
+        let args = Args::try_parse_from(["cellport-worker", "--health-addr", "0.0.0.0:9102"])
+            .expect("a socket address");
+        assert_eq!(args.health_addr, Some("0.0.0.0:9102".parse().unwrap()));
+        let refused = Args::try_parse_from(["cellport-worker", "--health-addr", "localhost"]);
+        assert!(refused.is_err(), "a host without a port is refused");
+    }
 }

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::WorkerMetrics;
 use crate::progress::{ChannelSink, publish_progress};
 use crate::{RunningJob, WorkerState};
 
@@ -245,6 +246,11 @@ pub(crate) async fn run_export(
         Err(LeaseError::Store(e)) => return Err(e.into()),
     };
     slot.leased(lease);
+    if record.job.attempts > 0 {
+        // Started by a run that is gone (its worker died or handed the job back): this run
+        // resumes it from that run's checkpoints.
+        state.metrics.takeovers.inc();
+    }
     let lease_lost = Arc::new(AtomicBool::new(false));
     let renewer = tokio::spawn(renew_lease(
         state.store.clone(),
@@ -255,6 +261,7 @@ pub(crate) async fn run_export(
         entry.to_owned(),
         cancel.clone(),
         lease_lost.clone(),
+        state.metrics.clone(),
     ));
     let watcher = tokio::spawn(watch_status(state.store.clone(), job_id, cancel.clone()));
     let running = Running {
@@ -270,6 +277,7 @@ pub(crate) async fn run_export(
     watcher.abort();
     if running.lease_lost.load(Ordering::SeqCst) {
         // Another worker has the job now: its entry must stay theirs, unacknowledged by us.
+        state.metrics.lease_losses.inc();
         return Err(JobError::LeaseLost);
     }
     if result.is_ok() {
@@ -280,8 +288,13 @@ pub(crate) async fn run_export(
             && !status.is_terminal()
         {
             tracing::warn!(%status, "the job did not end with this run: its entry is left");
+            state.metrics.lease_losses.inc();
             return Err(JobError::LeaseLost);
         }
+    }
+    if matches!(result, Err(JobError::LeaseLost)) {
+        // A write refused by its fence: the lease had gone to another worker.
+        state.metrics.lease_losses.inc();
     }
     result
 }
@@ -376,6 +389,7 @@ async fn attempt(run: &Running<'_>, record: JobRecord) -> Result<(JobRecord, Sto
         lease: run.lease,
         done: state.store.checkpoints(job_id).await?.into_keys().collect(),
         lease_lost: run.lease_lost.clone(),
+        metrics: state.metrics.clone(),
     };
     let plan = match plan_export(&input, &staging, &checkpoints).await {
         Ok(plan) => plan,
@@ -465,9 +479,10 @@ async fn attempt(run: &Running<'_>, record: JobRecord) -> Result<(JobRecord, Sto
     .await;
     // The sink (and so the channel) is gone: the publisher sends the last report and ends.
     let record = publisher.await.expect("progress publisher does not panic");
-    // Tens of thousands of label files for a large export: removed off the async threads.
+    // Tens of thousands of label files for a large export: removed on a thread of its own, off
+    // the async threads and off the small blocking pool the next job's items need.
     if let Ok(scratch) = scratch {
-        tokio::task::spawn_blocking(move || drop(scratch));
+        std::thread::spawn(move || drop(scratch));
     }
 
     match outcome {
@@ -590,13 +605,16 @@ async fn renew_lease(
     entry: String,
     cancel: CancellationToken,
     lost: Arc<AtomicBool>,
+    metrics: Arc<WorkerMetrics>,
 ) {
     let mut tick = tokio::time::interval(ttl / 3);
     tick.tick().await;
     loop {
         tick.tick().await;
         match store.renew_lease(job_id, lease, ttl, &worker, &entry).await {
-            Ok(true) => {}
+            Ok(true) => {
+                metrics.lease_renewals.inc();
+            }
             Ok(false) => {
                 tracing::warn!(job_id = %job_id, "lease lost: another worker took the job over");
                 lost.store(true, Ordering::SeqCst);
@@ -640,6 +658,7 @@ struct RedisCheckpoints {
     lease: Lease,
     done: HashSet<String>,
     lease_lost: Arc<AtomicBool>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Checkpoints for RedisCheckpoints {
@@ -654,7 +673,10 @@ impl Checkpoints for RedisCheckpoints {
                 .checkpoint(self.job_id, self.lease, item, b"done")
                 .await
             {
-                Ok(true) => Ok(()),
+                Ok(true) => {
+                    self.metrics.items_processed.inc();
+                    Ok(())
+                }
                 Ok(false) => {
                     self.lease_lost.store(true, Ordering::SeqCst);
                     Err(ExportError::CheckpointRefused)

@@ -1,15 +1,18 @@
 //! The export worker: a stateless process that pulls export jobs from the queue and runs them.
 //!
 //! [`run`] builds one apalis worker over [`cellport_store::JobQueue`] with a concurrency limit
-//! of `CELLPORT_WORKER_CONCURRENCY`; each job goes through [`job::run_export`].
+//! of `CELLPORT_WORKER_CONCURRENCY`; each job goes through [`job::run_export`]. With
+//! `CELLPORT_WORKER_HEALTH_ADDR` it also serves `/healthz`, `/readyz` and `/metrics` (`health.rs`).
 
 pub mod cli;
+mod health;
 mod job;
 mod progress;
 pub mod retention;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +29,8 @@ use cellport_io::{ProjectSource, SourceConfig, Storage, StorageConfig};
 use cellport_store::events::decode_job_id;
 use cellport_store::{EventSubscriber, ExportRequest, JobQueue, QueueConfig, Store};
 use tokio_util::sync::CancellationToken;
+
+use crate::health::{HealthServer, WorkerMetrics};
 
 /// A worker's configuration (flags and `CELLPORT_*` variables in the binary).
 #[derive(Debug, Clone)]
@@ -56,6 +61,8 @@ pub struct WorkerConfig {
     pub leftovers_every: Duration,
     /// A pending job whose queue entry was never confirmed for this long is queued again.
     pub requeue_after: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` of this process are served; none when `None`.
+    pub health_addr: Option<SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -76,6 +83,7 @@ impl WorkerConfig {
             sweep_every: Duration::from_secs(15),
             leftovers_every: Duration::from_secs(5 * 60),
             requeue_after: Duration::from_secs(30),
+            health_addr: None,
         }
     }
 }
@@ -95,6 +103,8 @@ pub(crate) struct WorkerState {
     pub(crate) shutdown: CancellationToken,
     /// The jobs running here, at most one run each.
     pub(crate) running: Mutex<HashMap<JobId, RunningJob>>,
+    /// This process's counters, served on `/metrics` with a health address.
+    pub(crate) metrics: Arc<WorkerMetrics>,
 }
 
 /// One run of a job in this worker.
@@ -172,6 +182,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let name = config.name.clone().unwrap_or_else(default_worker_name);
+    let metrics = Arc::new(WorkerMetrics::default());
+    // First, so that a taken address stops the worker before it touches Redis, and so that a
+    // worker waiting for Redis answers its liveness probe.
+    let health = match config.health_addr {
+        Some(addr) => Some(HealthServer::start(addr, metrics.clone()).await?),
+        None => None,
+    };
     let stop = CancellationToken::new();
     let stop_on_signal = stop.clone();
     tokio::spawn(async move {
@@ -199,7 +216,11 @@ pub async fn run(
         item_parallelism: config.item_parallelism.max(1),
         shutdown: stop.clone(),
         running: Mutex::default(),
+        metrics,
     });
+    if let Some(health) = &health {
+        health.attach(state.clone());
+    }
     match retention::remove_local_scratch(&state.store, &state.scratch).await {
         Ok(0) => {}
         Ok(removed) => tracing::info!(removed, "scratch of ended attempts removed"),
@@ -243,6 +264,10 @@ pub async fn run(
     stop.cancel();
     let _ = cancellation_listener.await;
     let _ = sweeper.await;
+    // Served through the hand-back (`/readyz` answering 503 since the signal), stopped now.
+    if let Some(health) = health {
+        health.stop().await;
+    }
     // Closed last and on purpose: a connection left open sees its Redis go away (a single-host
     // stack stops Redis next) and logs it as an error.
     blocking_reads.quit().await;
