@@ -90,11 +90,14 @@ impl S3Server {
     }
 
     /// The S3 settings that reach this server (object_store's names, as
-    /// `cellport_io::StorageConfig::bucket` takes them).
+    /// `cellport_io::StorageConfig::bucket` takes them). Requests may take up to five minutes:
+    /// moto assembles a completed multipart upload in Python, which takes longer than the
+    /// client's default 30 s for gigabytes on a loaded machine (S3 itself only links parts).
     pub fn settings(&self) -> Vec<(String, String)> {
         self.env()
             .into_iter()
             .map(|(key, value)| (key.to_ascii_lowercase(), value))
+            .chain([("timeout".to_owned(), "300s".to_owned())])
             .collect()
     }
 
