@@ -678,6 +678,12 @@ impl Checkpoints for RedisCheckpoints {
                     Ok(())
                 }
                 Ok(false) => {
+                    // Refused: the job was cancelled (its item finished between the cancel's
+                    // commit and its announcement reaching this run), or another worker has it.
+                    let status = self.store.job_status(self.job_id).await;
+                    if matches!(status, Ok(Some(cellport_core::JobStatus::Cancelled))) {
+                        return Err(ExportError::Cancelled);
+                    }
                     self.lease_lost.store(true, Ordering::SeqCst);
                     Err(ExportError::CheckpointRefused)
                 }
