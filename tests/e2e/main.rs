@@ -2,6 +2,7 @@
 
 mod api_errors;
 mod archive;
+mod deploy_manifests;
 mod export_flow;
 mod fleet;
 mod gateway;
