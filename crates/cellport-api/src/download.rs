@@ -81,6 +81,20 @@ pub(crate) struct Archive {
     pub file_name: String,
 }
 
+/// A storage error of a download: `410` when the archive is gone (expired, or removed between
+/// the lookup and the read), `503` otherwise.
+pub(crate) fn storage_error(error: std::io::Error) -> ApiError {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        ApiError::new(
+            StatusCode::GONE,
+            "expired",
+            "archive is no longer available",
+        )
+    } else {
+        ApiError::unavailable(error)
+    }
+}
+
 /// The response for `selection` of `archive`; its body reports the bytes it sent to `progress`.
 pub(crate) async fn respond(
     archive: Archive,
@@ -123,17 +137,10 @@ pub(crate) async fn respond(
             return Err(error);
         }
     };
-    let reader = match storage.read_archive(&name, start..start + count).await {
-        Ok(reader) => reader,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "expired",
-                "archive is no longer available",
-            ));
-        }
-        Err(e) => return Err(ApiError::unavailable(e)),
-    };
+    let reader = storage
+        .read_archive(&name, start..start + count)
+        .await
+        .map_err(storage_error)?;
     let body = metered(ReaderStream::new(reader), start, progress);
     builder
         .status(status)

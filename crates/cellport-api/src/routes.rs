@@ -567,17 +567,11 @@ pub(crate) async fn download(
         )));
     }
     let (job, archive) = downloadable(visible_job(&state, &caller, &project, &job).await?)?;
-    let len = match state.storage.archive_len(&archive).await {
-        Ok(found) => found,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "expired",
-                "archive is no longer available",
-            ));
-        }
-        Err(e) => return Err(ApiError::unavailable(e)),
-    };
+    let len = state
+        .storage
+        .archive_len(&archive)
+        .await
+        .map_err(download::storage_error)?;
     let etag = format!("\"{}-{}\"", job.id, len);
     let selection = download::select(&headers, &etag, len);
     let progress = download::continues_download(&job, &selection, len)

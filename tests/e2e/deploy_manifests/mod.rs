@@ -21,6 +21,8 @@ use std::time::Duration;
 use cellport_testkit::wait_until;
 use serde_yaml_ng::Value as Yaml;
 
+use crate::tidy::rust_files;
+
 use self::code::{Code, clap_envs, duration_after, hand_back_bound, routed_paths};
 use self::manifests::{kind, kustomization, manifest_problems, name, yaml_documents};
 use self::metrics::{
@@ -87,17 +89,6 @@ fn root() -> PathBuf {
 fn read(relative: &str) -> String {
     let path = root().join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// The texts of a crate's sources.
