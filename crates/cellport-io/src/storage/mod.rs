@@ -506,13 +506,22 @@ impl Staging {
         }
     }
 
-    /// Removes everything staged for the job (absent is fine).
+    /// Removes everything staged for the job (absent is fine). On disk that is a thread of its
+    /// own, not tokio's blocking pool: a large job stages hundreds of thousands of files, and a
+    /// worker's pool is as small as its item parallelism, which the next job's items need.
     pub async fn remove(&self) -> io::Result<()> {
         match &self.storage.backend {
-            Backend::Dir { root } => match tokio::fs::remove_dir_all(self.dir(root)).await {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            },
+            Backend::Dir { root } => {
+                let dir = self.dir(root);
+                let (done, removed) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    let _ = done.send(std::fs::remove_dir_all(dir));
+                });
+                match removed.await.map_err(io::Error::other)? {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                }
+            }
             Backend::Bucket(bucket) => bucket.delete_under(&format!("staging/{}", self.job)).await,
         }
     }
