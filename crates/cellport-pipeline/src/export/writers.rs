@@ -54,11 +54,26 @@ pub(super) async fn build_documents(
     let docs = scratch.join(format!("docs-{}", uuid::Uuid::new_v4().simple()));
     let created = input.export_date;
     let project_name = input.project.name.clone();
-    tokio::task::spawn_blocking(move || {
-        write_documents(&images, &options, &items, &docs, created, &project_name)
-    })
-    .await
-    .map_err(|e| ExportError::Io(std::io::Error::other(e)))?
+    // A thread of its own, not tokio's blocking pool: the writers wait for staged items that
+    // async tasks read, and those reads (files, DNS) need the blocking pool. A worker's pool is
+    // as small as its item parallelism, so two jobs writing documents at once on it would hold
+    // every thread while waiting for reads that could never run.
+    let (done, written) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("cellport-documents".into())
+        .spawn(move || {
+            let _ = done.send(write_documents(
+                &images,
+                &options,
+                &items,
+                &docs,
+                created,
+                &project_name,
+            ));
+        })?;
+    written
+        .await
+        .map_err(|e| ExportError::Io(std::io::Error::other(e)))?
 }
 
 fn create(path: &Path) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
