@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use cellport_api::ApiConfig;
 use cellport_core::UserId;
+use cellport_e2e::{Rng, proc_kib};
 use cellport_http::{JwtKeys, TokenRules};
 use cellport_io::SourceConfig;
 use cellport_store::Store;
@@ -54,23 +55,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A small deterministic generator (xorshift64*): the same project on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
 }
 
 /// A star-shaped ring (so a simple polygon) around a center, as the web app stores one.
@@ -236,15 +220,6 @@ fn describe(latencies: &[Duration]) -> String {
         "{} requests: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
         latencies.len()
     )
-}
-
-/// A KiB figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
-fn proc_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// One command to Redis in RESP, for what the store does not offer (`INFO`, `CONFIG SET`).

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cellport_core::UserId;
+use cellport_e2e::{Rng, proc_kib, spawn_service};
 use cellport_http::{JwtKeys, TokenRules};
 use cellport_io::FileProjectStore;
 use cellport_pipeline::import::{ImportRequest, import_project};
@@ -40,7 +41,7 @@ use cellport_store::Store;
 use cellport_testkit::{RedisOptions, RedisServer, TEST_JWT_SECRET, jwt_secret, wait_until};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
 
 const USERS: usize = 20;
@@ -53,40 +54,21 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(240);
 /// Frames that arrive this soon after a (re)connect or a resume may be replays: no latency.
 const REPLAY_WINDOW: Duration = Duration::from_secs(2);
 
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.next() % (to - from).max(1))
-    }
-}
-
-/// A KiB figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
-fn proc_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 fn rss_mb(pid: Option<u32>) -> String {
     match pid.and_then(|p| proc_kib(p, "VmRSS")) {
         Some(kib) => format!("{:.1}", kib as f64 / 1024.0),
         None => "?".to_owned(),
     }
+}
+
+/// The RSS (MB) of the workers, the gateways and the api, as printed.
+fn fleet_rss(fleet: &Fleet) -> (Vec<String>, Vec<String>, String) {
+    let of = |pids: Vec<Option<u32>>| pids.into_iter().map(rss_mb).collect::<Vec<_>>();
+    (
+        of(fleet.worker_pids()),
+        of(fleet.gateway_pids()),
+        rss_mb(fleet.api.id()),
+    )
 }
 
 /// Milliseconds at quantile `q` of sorted values (nearest rank).
@@ -125,19 +107,20 @@ fn service(
     data: &Path,
     env: &[(&str, String)],
 ) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(data.join("logs").join(format!("{name}.log")))?;
-    Command::new(program)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("CELLPORT_DATA_DIR", data)
-        .env("CELLPORT_JWT_SECRET", TEST_JWT_SECRET)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {name}"))
+    let env: Vec<(&str, String)> = env
+        .iter()
+        .cloned()
+        .chain([
+            ("CELLPORT_DATA_DIR", data.display().to_string()),
+            ("CELLPORT_JWT_SECRET", TEST_JWT_SECRET.to_owned()),
+        ])
+        .collect();
+    spawn_service(
+        program,
+        &data.join("logs").join(format!("{name}.log")),
+        &env,
+    )
+    .with_context(|| format!("starting {name}"))
 }
 
 fn signal(child: &Child, sig: &str) -> anyhow::Result<()> {
@@ -1203,19 +1186,7 @@ async fn run(
     .await;
     anyhow::ensure!(connected, "not every client connected");
 
-    let rss_start = (
-        fleet
-            .worker_pids()
-            .iter()
-            .map(|p| rss_mb(*p))
-            .collect::<Vec<_>>(),
-        fleet
-            .gateway_pids()
-            .iter()
-            .map(|p| rss_mb(*p))
-            .collect::<Vec<_>>(),
-        rss_mb(fleet.api.id()),
-    );
+    let rss_start = fleet_rss(fleet);
     let submitting_from = Instant::now();
     let users: Vec<_> = (0..USERS)
         .map(|u| tokio::spawn(user_loop(shared.clone(), u, seed)))
@@ -1331,19 +1302,7 @@ async fn run(
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_end = (
-        fleet
-            .worker_pids()
-            .iter()
-            .map(|p| rss_mb(*p))
-            .collect::<Vec<_>>(),
-        fleet
-            .gateway_pids()
-            .iter()
-            .map(|p| rss_mb(*p))
-            .collect::<Vec<_>>(),
-        rss_mb(fleet.api.id()),
-    );
+    let rss_end = fleet_rss(fleet);
     shared.stop_clients.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.await;

@@ -14,7 +14,7 @@ use cellport_store::Store;
 use cellport_testkit::{RedisOptions, RedisServer, TEST_JWT_SECRET, jwt_secret, wait_until};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::tiny;
@@ -30,18 +30,19 @@ fn service(
     data: &std::path::Path,
     env: &[(&str, String)],
 ) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(data.join(format!("{name}.log")))?;
-    Ok(Command::new(program)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("CELLPORT_DATA_DIR", data)
-        .env("CELLPORT_JWT_SECRET", TEST_JWT_SECRET)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?)
+    let env: Vec<(&str, String)> = env
+        .iter()
+        .cloned()
+        .chain([
+            ("CELLPORT_DATA_DIR", data.display().to_string()),
+            ("CELLPORT_JWT_SECRET", TEST_JWT_SECRET.to_owned()),
+        ])
+        .collect();
+    cellport_e2e::spawn_service(
+        std::path::Path::new(program),
+        &data.join(format!("{name}.log")),
+        &env,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
