@@ -8,6 +8,10 @@ demo *ARGS:
 test *ARGS:
     scripts/test {{ARGS}}
 
+# The chaos soak of a release fleet (docs/benchmarks.md, "Chaos soak"); CI runs 60 s of it in `test`.
+soak SECONDS="600":
+    cargo bench -p cellport-e2e --bench soak -- --seconds {{SECONDS}}
+
 # Formatting and lints, as CI runs them.
 lint:
     cargo fmt --all -- --check
