@@ -8,6 +8,7 @@
 pub mod cli;
 mod hub;
 mod metrics;
+mod sent;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,6 +28,7 @@ use cellport_runtime::{JwtSecret, TokenRules};
 use cellport_store::events::decode_message;
 use cellport_store::{EventSubscriber, Store};
 use futures::{SinkExt, StreamExt};
+use sent::SentSeqs;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
@@ -243,12 +245,9 @@ fn error_frame(message: impl std::fmt::Display, extra: Value) -> Message {
 struct Connection {
     user: UserId,
     store: Store,
-    /// Job → the highest seq sent (or that the client said it has), and whether it was terminal.
-    sent: HashMap<JobId, (u64, bool)>,
+    /// Each job's highest seq sent (or that the client said it has).
+    sent: SentSeqs,
 }
-
-/// Jobs a connection keeps seqs for; past it, ended jobs are forgotten first.
-const MAX_TRACKED_JOBS: usize = 4096;
 
 /// What a client frame asks to send back.
 enum Reply {
@@ -307,7 +306,7 @@ impl Connection {
             let wanted = match after {
                 Some(after) => {
                     // The client has everything up to `after`: never send it anything older.
-                    self.remember(envelope.job_id, after, false);
+                    self.sent.remember(envelope.job_id, after, false);
                     envelope.seq > after
                 }
                 None => is_live(&record),
@@ -321,34 +320,12 @@ impl Connection {
 
     /// Every job this connection has heard of, with the seq it has.
     fn known(&self) -> Vec<(JobId, u64)> {
-        self.sent.iter().map(|(id, (seq, _))| (*id, *seq)).collect()
-    }
-
-    /// Raises the job's known seq to `seq`.
-    fn remember(&mut self, job: JobId, seq: u64, terminal: bool) {
-        if self.sent.len() >= MAX_TRACKED_JOBS && !self.sent.contains_key(&job) {
-            self.sent.retain(|_, (_, ended)| !*ended);
-            if self.sent.len() >= MAX_TRACKED_JOBS {
-                return;
-            }
-        }
-        let entry = self.sent.entry(job).or_insert((seq, terminal));
-        if seq >= entry.0 {
-            *entry = (seq, terminal);
-        }
+        self.sent.known()
     }
 
     /// Whether frame `(job, seq)` is new to this client; records it if so.
     fn first_time(&mut self, frame: &hub::Queued) -> bool {
-        if self
-            .sent
-            .get(&frame.job)
-            .is_some_and(|(sent, _)| frame.seq <= *sent)
-        {
-            return false;
-        }
-        self.remember(frame.job, frame.seq, frame.terminal);
-        true
+        self.sent.first_time(frame.job, frame.seq, frame.terminal)
     }
 
     /// Answers one client frame.
@@ -390,7 +367,7 @@ impl Connection {
             let (Ok(id), Some(seq)) = (id.parse::<JobId>(), seq.as_u64()) else {
                 return bad("resume needs job ids mapped to non-negative integer seqs");
             };
-            let sent = self.sent.get(&id).map_or(0, |(sent, _)| *sent);
+            let sent = self.sent.get(&id).unwrap_or(0);
             named.push((id, seq.max(sent)));
         }
         Reply::Frames(self.recover(named, true).await)
@@ -468,7 +445,7 @@ async fn serve_socket(state: GatewayState, caller: Caller, socket: WebSocket, _s
     let mut conn = Connection {
         user: caller.user.clone(),
         store: state.store.clone(),
-        sent: HashMap::new(),
+        sent: SentSeqs::default(),
     };
     let (mut sink, mut stream) = socket.split();
     let live = conn.recover(Vec::new(), true).await;
