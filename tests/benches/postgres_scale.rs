@@ -927,6 +927,7 @@ async fn main() -> anyhow::Result<()> {
         token_rules: TokenRules::default(),
         events_url: "ws://127.0.0.1:9/ws".into(),
         max_active_per_user: 2,
+        cors_origins: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let api = tokio::spawn(cellport_api::run(

@@ -2,6 +2,7 @@
 
 mod api_errors;
 mod archive;
+mod browser;
 mod deploy_manifests;
 mod export_flow;
 mod fleet;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cellport_api::ApiConfig;
+use cellport_api::{ApiConfig, CorsOrigins};
 use cellport_core::{Project, UserId};
 use cellport_gateway::GatewayConfig;
 use cellport_http::JwtKeys;
@@ -77,6 +77,8 @@ pub struct StackOptions {
     /// Stage and archive in a bucket of a private S3-compatible server (SPEC §11) instead of
     /// the data directory.
     pub bucket: bool,
+    /// Origins whose pages may call the api from a browser (`CELLPORT_CORS_ORIGINS`).
+    pub cors_origins: CorsOrigins,
 }
 
 impl Default for StackOptions {
@@ -90,6 +92,7 @@ impl Default for StackOptions {
             token_rules: TokenRules::default(),
             webapp: false,
             bucket: false,
+            cors_origins: CorsOrigins::default(),
         }
     }
 }
@@ -126,6 +129,15 @@ pub struct Stack {
     shutdown: CancellationToken,
     max_connections_per_user: usize,
     token_rules: TokenRules,
+    /// The gateway at `gateway`: its config, and its stop token and task while it runs.
+    gateway_config: GatewayConfig,
+    gateway_task: tokio::sync::Mutex<Option<GatewayTask>>,
+}
+
+/// A running gateway of the stack: cancelling `stop` shuts it down, `task` ends once it has.
+struct GatewayTask {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Drop for Stack {
@@ -194,6 +206,7 @@ impl Stack {
             token_rules: options.token_rules.clone(),
             events_url: format!("ws://{gateway}/ws"),
             max_active_per_user: options.max_active_per_user,
+            cors_origins: options.cors_origins.clone(),
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -204,10 +217,7 @@ impl Stack {
             token_rules: options.token_rules.clone(),
             ..GatewayConfig::new(redis.url(), jwt_secret())
         };
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            cellport_gateway::run(gateway_listener, gateway_config, stop.cancelled_owned()).await
-        });
+        let gateway_task = spawn_gateway(&shutdown, gateway_listener, gateway_config.clone());
         if options.worker {
             // Leases short enough that a job whose worker lost Redis mid-way is retried within
             // seconds, long enough that a loaded machine does not take a job from a live run.
@@ -238,6 +248,8 @@ impl Stack {
             shutdown,
             max_connections_per_user: options.max_connections_per_user,
             token_rules: options.token_rules,
+            gateway_config,
+            gateway_task: tokio::sync::Mutex::new(Some(gateway_task)),
         };
         let http = stack.http.clone();
         let ready_url = stack.url("/readyz");
@@ -258,6 +270,31 @@ impl Stack {
         .await;
         anyhow::ensure!(gateway_up, "gateway did not start");
         Ok(stack)
+    }
+
+    /// Shuts the stack's gateway down (its clients get close 1012, as in a deploy) and waits
+    /// until it has stopped and its port is free.
+    pub async fn stop_gateway(&self) -> anyhow::Result<()> {
+        let running = self.gateway_task.lock().await.take();
+        let GatewayTask { stop, task } = running.context("the gateway is not running")?;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .context("the gateway did not stop within 10 s")???;
+        Ok(())
+    }
+
+    /// Starts a gateway again at the stack's gateway address, after [`Stack::stop_gateway`].
+    pub async fn restart_gateway(&self) -> anyhow::Result<()> {
+        let mut running = self.gateway_task.lock().await;
+        anyhow::ensure!(running.is_none(), "the gateway is running");
+        let listener = tokio::net::TcpListener::bind(self.gateway).await?;
+        *running = Some(spawn_gateway(
+            &self.shutdown,
+            listener,
+            self.gateway_config.clone(),
+        ));
+        Ok(())
     }
 
     /// A worker process (the `e2e-worker` binary) on this stack's Redis and data directory.
@@ -683,6 +720,18 @@ impl Stack {
         anyhow::ensure!(up, "gateway did not start");
         Ok((addr, token))
     }
+}
+
+/// Runs a gateway on `listener` until the stack stops or [`Stack::stop_gateway`] stops it.
+fn spawn_gateway(
+    shutdown: &CancellationToken,
+    listener: tokio::net::TcpListener,
+    config: GatewayConfig,
+) -> GatewayTask {
+    let stop = shutdown.child_token();
+    let stopped = stop.clone().cancelled_owned();
+    let task = tokio::spawn(async move { cellport_gateway::run(listener, config, stopped).await });
+    GatewayTask { stop, task }
 }
 
 pub struct WsClient {

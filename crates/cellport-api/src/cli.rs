@@ -9,7 +9,7 @@ use cellport_runtime::{
 };
 use clap::Parser;
 
-use crate::{ApiConfig, run};
+use crate::{ApiConfig, CorsOrigins, run};
 
 #[derive(Debug, Parser)]
 #[command(name = "cellport-api", version, about = "Cellport HTTP API")]
@@ -28,13 +28,17 @@ pub struct Args {
     /// Address the HTTP API listens on
     #[arg(long, env = "CELLPORT_API_ADDR", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// WebSocket URL that clients are told to follow events on (a gateway's /ws)
+    /// WebSocket URL (ws:// or wss://) that clients are told to follow events on (a gateway's /ws)
     #[arg(
         long,
         env = "CELLPORT_EVENTS_URL",
-        default_value = "ws://127.0.0.1:8081/ws"
+        default_value = "ws://127.0.0.1:8081/ws",
+        value_parser = parse_events_url
     )]
     events_url: String,
+    /// Origins allowed to call the API from a browser, comma-separated (the web app's, e.g. https://app.example.org)
+    #[arg(long, env = "CELLPORT_CORS_ORIGINS")]
+    cors_origins: Option<CorsOrigins>,
     /// Exports one user may have pending or processing at once; the next is refused with 429
     #[arg(
         long,
@@ -60,8 +64,14 @@ impl Args {
             token_rules: self.jwt.token_rules,
             events_url: self.events_url,
             max_active_per_user: self.max_active_exports_per_user,
+            cors_origins: self.cors_origins.unwrap_or_default(),
         })
     }
+}
+
+/// An events URL must be one a browser can open, and whose origin the pages may connect to.
+fn parse_events_url(raw: &str) -> Result<String, String> {
+    crate::pages::events_origin(raw).map(|_| raw.to_owned())
 }
 
 /// Parses the command line, then serves the API until SIGINT or SIGTERM.
@@ -119,6 +129,43 @@ mod tests {
                 audience: Some("cell-segmentation-app".into()),
             }
         );
+    }
+
+    #[test]
+    fn cors_origins_and_the_events_url_are_checked_when_parsed() {
+        let args = Args::try_parse_from([
+            "cellport-api",
+            "--jwt-secret",
+            SECRET,
+            "--cors-origins",
+            "https://app.example.org, http://localhost:3000",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.cors_origins.unwrap().origins(),
+            ["https://app.example.org", "http://localhost:3000"]
+        );
+        for (flag, value, reason) in [
+            ("--cors-origins", "https://app.example.org/", ""),
+            ("--cors-origins", "app.example.org", "it needs a scheme"),
+            ("--events-url", "/ws", "it needs ws:// or wss://"),
+            (
+                "--events-url",
+                "http://h:1/ws",
+                "the scheme must be ws or wss",
+            ),
+        ] {
+            let parsed =
+                Args::try_parse_from(["cellport-api", "--jwt-secret", SECRET, flag, value]);
+            match parsed {
+                Ok(_) => assert!(reason.is_empty(), "{flag} {value} was accepted"),
+                Err(error) => {
+                    let message = error.to_string();
+                    assert!(!reason.is_empty(), "{flag} {value}: {message}");
+                    assert!(message.contains(reason), "{flag} {value}: {message}");
+                }
+            }
+        }
     }
 
     #[test]

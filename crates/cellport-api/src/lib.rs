@@ -2,10 +2,12 @@
 //! and streams downloads; job state lives in Redis, archives in storage.
 
 pub mod cli;
+mod cors;
 mod download;
 mod http_metrics;
 pub mod openapi;
 mod ops;
+pub mod pages;
 mod routes;
 mod waits;
 
@@ -26,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use cors::CorsOrigins;
 pub use http_metrics::HttpMetrics;
 pub use waits::JobWaits;
 
@@ -47,6 +50,8 @@ pub struct ApiConfig {
     pub events_url: String,
     /// Exports one user may have pending or processing at once (429 past it).
     pub max_active_per_user: u64,
+    /// Origins whose pages may call the API from a browser (the web app's; none by default).
+    pub cors_origins: CorsOrigins,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -62,6 +67,8 @@ pub struct AppState {
     pub jwt: JwtKeys,
     pub events_url: String,
     pub max_active_per_user: u64,
+    /// Origins whose pages may call the API from a browser (none unless set).
+    pub cors_origins: CorsOrigins,
     /// Requests long-polling a job's status, woken by its changes.
     pub waits: Arc<JobWaits>,
     /// Requests this instance answered, for `/metrics`.
@@ -107,6 +114,7 @@ impl AppState {
             jwt: JwtKeys::with_rules(&config.jwt_secret, config.token_rules.clone()),
             events_url: config.events_url.clone(),
             max_active_per_user: config.max_active_per_user,
+            cors_origins: config.cors_origins.clone(),
             http_metrics: HttpMetrics::default(),
             background: TaskTracker::new(),
             shutting_down: CancellationToken::new(),
@@ -154,16 +162,20 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::serve_document))
 }
 
+/// The API's routes, the browser pages (`pages.rs`, outside the document) and the layers
+/// around both; with `state.cors_origins`, the CORS layer outermost, so that every answer,
+/// errors included, carries its headers.
 pub fn router(state: AppState) -> Router {
     let (routes, _document) = api_routes().split_for_parts();
-    routes
+    let cors = state.cors_origins.layer();
+    let router = pages::add_to(routes.with_state(state.clone()), &state.events_url)
         .fallback(routes::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            http_metrics::track,
-        ))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, http_metrics::track));
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then drains open requests.

@@ -1,11 +1,12 @@
 //! Test support: a private `redis-server`, PostgreSQL and S3-compatible server per test,
-//! `wait_until`, loopback listeners, a JWT secret.
+//! a headless Chromium (`browser`), `wait_until`, loopback listeners, a JWT secret.
 //!
 //! Every test gets its own Redis on a free port in a temp dir (never the shared one on 6379),
 //! optionally with AOF for persistence tests, and can kill or restart it for real. A test of the
 //! web app's database gets its own PostgreSQL cluster the same way (never the one on 5432), with
 //! the web app's tables made by `PostgresServer::create_webapp_database`.
 
+pub mod browser;
 pub mod s3;
 
 use std::future::Future;

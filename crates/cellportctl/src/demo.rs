@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
+use cellport_api::CorsOrigins;
 use cellport_core::{Project, ProjectId, UserId};
 use cellport_http::JwtKeys;
 use cellport_io::{FileProjectStore, SourceConfig};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
 use cellport_runtime::postgres::{PostgresOptions, PostgresServer};
-use cellport_runtime::{JwtSecret, RedisArgs, TokenRules, webapp};
+use cellport_runtime::{JwtSecret, RedisArgs, TokenRules, shutdown_signal, webapp};
 use clap::Args;
 use serde_json::json;
 
@@ -48,6 +49,9 @@ pub struct DemoArgs {
     /// Export from a private PostgreSQL holding the web app's tables, filled with the sample project
     #[arg(long)]
     postgres: bool,
+    /// Keep the services running after the export, for the browser pages, until Ctrl-C
+    #[arg(long)]
+    keep_running: bool,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -63,12 +67,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let stack = start_stack(&args, &data_dir, SourceConfig::Files, &secret).await?;
     let result = async {
         let project = make_sample(&args, &data_dir).await?;
-        export_and_download(&stack, &args, &project.id, &project.owner, &secret).await
+        export_and_download(&stack, &args, &project.id, &project.owner, &secret).await?;
+        keep_running(&args).await;
+        Ok(())
     }
     .await;
     stack.stop().await;
     result
 }
+
+/// With `--keep-running`, waits for Ctrl-C (or SIGTERM) so that the pages stay open.
+async fn keep_running(args: &DemoArgs) {
+    if args.keep_running {
+        eprintln!("the services keep running for the pages above; Ctrl-C stops them");
+        shutdown_signal().await;
+    }
+}
+
+/// Prints the browser pages' addresses, signed in as `owner` (the operators' page as an admin):
+/// the `?token=` is moved into the tab's storage and out of the address bar when opened.
+fn print_page_links(stack: &LocalStack, owner: &UserId, secret: &JwtSecret) {
+    let keys = JwtKeys::new(secret);
+    let user = keys.mint(owner, false, PAGE_TOKEN_TTL);
+    let admin = keys.mint(owner, true, PAGE_TOKEN_TTL);
+    eprintln!("export page:  http://{}/?token={user}", stack.api);
+    eprintln!("ops page:     http://{}/ops?token={admin}", stack.api);
+}
+
+/// How long the printed page links stay signed in.
+const PAGE_TOKEN_TTL: Duration = Duration::from_secs(8 * 3600);
 
 /// Starts the api, a gateway and two workers reading projects from `source`, and a private
 /// redis-server when none answers.
@@ -95,6 +122,7 @@ async fn start_stack(
         archive_ttl: Duration::from_secs(3600),
         max_active_per_user: 2,
         max_connections_per_user: cellport_gateway::DEFAULT_MAX_CONNECTIONS_PER_USER,
+        cors_origins: CorsOrigins::default(),
     })
     .await?;
     eprintln!(
@@ -152,6 +180,7 @@ async fn export_and_download(
     secret: &JwtSecret,
 ) -> anyhow::Result<()> {
     let token = JwtKeys::new(secret).mint(owner, false, Duration::from_secs(3600));
+    print_page_links(stack, owner, secret);
     let client = ApiClient::new(&format!("http://{}", stack.api), token.clone());
     // Subscribe before starting, so the bar sees every event from the first.
     let mut socket = connect_events(&format!("ws://{}/ws", stack.gateway), &token).await?;
@@ -235,6 +264,9 @@ async fn export_from_webapp_database(
     };
     let stack = start_stack(args, data_dir, source, &secret).await?;
     let result = export_and_download(&stack, args, &project_id, &user_id, &secret).await;
+    if result.is_ok() {
+        keep_running(args).await;
+    }
     stack.stop().await;
     wait_for_sessions_to_end(postgres).await;
     result?;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use cellport_api::CorsOrigins;
 use cellport_core::{ProjectId, UserId, Viewer};
 use cellport_http::JwtKeys;
 use cellport_io::{FileProjectStore, PostgresProjectSource, SourceConfig, StorageConfig};
@@ -165,6 +166,9 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     max_connections_per_user: u32,
+    /// Origins allowed to call the API from a browser, comma-separated (the web app's, e.g. https://app.example.org)
+    #[arg(long, env = "CELLPORT_CORS_ORIGINS")]
+    cors_origins: Option<CorsOrigins>,
 }
 
 #[derive(Debug, Args)]
@@ -366,6 +370,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         archive_ttl: args.archive_ttl,
         max_active_per_user: args.max_active_exports_per_user,
         max_connections_per_user: args.max_connections_per_user as usize,
+        cors_origins: args.cors_origins.unwrap_or_default(),
     })
     .await?;
     eprintln!(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cellport_api::ApiConfig;
+use cellport_api::{ApiConfig, CorsOrigins};
 use cellport_gateway::GatewayConfig;
 use cellport_io::{SourceConfig, StorageConfig};
 use cellport_runtime::redis::{RedisOptions, RedisServer};
@@ -40,6 +40,8 @@ pub struct StackConfig {
     pub archive_ttl: Duration,
     pub max_active_per_user: u64,
     pub max_connections_per_user: usize,
+    /// Origins whose pages may call the API from a browser.
+    pub cors_origins: CorsOrigins,
 }
 
 pub struct LocalStack {
@@ -103,6 +105,7 @@ impl LocalStack {
             token_rules: config.token_rules.clone(),
             events_url: format!("ws://{gateway}/ws"),
             max_active_per_user: config.max_active_per_user,
+            cors_origins: config.cors_origins.clone(),
         };
         tasks.push(tokio::spawn(cellport_api::run(
             api_listener,

@@ -74,6 +74,7 @@ async fn export_without_a_gateway_follows_by_long_poll_and_downloads() -> anyhow
         token_rules: Default::default(),
         events_url: events_url.clone(),
         max_active_per_user: 2,
+        cors_origins: Default::default(),
     };
     tokio::spawn(cellport_api::run(
         api_listener,
