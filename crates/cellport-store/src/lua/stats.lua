@@ -14,6 +14,8 @@ local oldest = false
 local consumers = {}
 local length = 0
 local pending_total = 0
+-- Before any worker has made the group, every entry waits: the oldest is the first.
+local grouped = false
 if redis.call('EXISTS', KEYS[2]) == 1 then
   length = redis.call('XLEN', KEYS[2])
   for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
@@ -23,12 +25,17 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
       if group[i] == 'last-delivered-id' then last = group[i + 1] end
     end
     if name == ARGV[1] then
+      grouped = true
       local next = redis.call('XRANGE', KEYS[2], '(' .. last, '+', 'COUNT', 1)
       if #next > 0 then oldest = next[1][1] end
       local pending = redis.call('XPENDING', KEYS[2], ARGV[1])
       pending_total = pending[1]
       if pending[4] then consumers = pending[4] end
     end
+  end
+  if not grouped then
+    local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+    if #first > 0 then oldest = first[1][1] end
   end
 end
 local workers = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf', 'WITHSCORES')

@@ -69,6 +69,36 @@ async fn every_job_is_delivered_once_acknowledged_and_removed() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_any_worker_the_oldest_entry_is_the_oldest_queued() -> anyhow::Result<()> {
+    let redis = RedisServer::start(RedisOptions::default()).await?;
+    let store = Store::connect(&redis.url()).await?;
+    assert_eq!(store.fleet_stats().await?.oldest_queued_age, None);
+    // No worker has started, so the stream has no consumer group yet.
+    let mut producer = JobQueue::<ExportRequest>::producer(store.clone());
+    producer
+        .push(ExportRequest {
+            job_id: JobId::new(),
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    producer
+        .push(ExportRequest {
+            job_id: JobId::new(),
+        })
+        .await?;
+    let stats = store.fleet_stats().await?;
+    assert_eq!(stats.queue_waiting, 2);
+    let age = stats
+        .oldest_queued_age
+        .expect("entries wait: the oldest has an age");
+    assert!(
+        age >= Duration::from_millis(300),
+        "age of the first entry: {age:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_depth_counts_waiting_and_in_flight() -> anyhow::Result<()> {
     let redis = RedisServer::start(RedisOptions::default()).await?;
     let store = Store::connect(&redis.url()).await?;
