@@ -19,7 +19,6 @@
 //! (the argument wins): `server`, `users`, `conns-per-user`, `rate`, `seconds`, `burst`. The last
 //! line printed is one JSON object with every figure.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +27,7 @@ use anyhow::Context;
 use cellport_core::{JobId, UserId};
 use cellport_http::JwtKeys;
 use cellport_store::{EVENTS_CHANNEL, Envelope};
+use cellport_testkit::bench::BenchParams;
 use cellport_testkit::{RedisOptions, RedisServer, wait_until};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
@@ -36,52 +36,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The bench's parameters: `--name value` after `--`, else `CELLPORT_BENCH_NAME`, else the default.
-struct Params {
-    args: HashMap<String, String>,
-}
-
-impl Params {
-    fn from_env() -> Params {
-        let mut args = HashMap::new();
-        let mut raw = std::env::args().skip(1).peekable();
-        while let Some(arg) = raw.next() {
-            // `cargo bench` passes `--bench` to every bench binary.
-            let Some(name) = arg.strip_prefix("--").filter(|n| *n != "bench") else {
-                continue;
-            };
-            match name.split_once('=') {
-                Some((name, value)) => {
-                    args.insert(name.to_owned(), value.to_owned());
-                }
-                None => {
-                    let value = raw.next_if(|v| !v.starts_with("--")).unwrap_or_default();
-                    args.insert(name.to_owned(), value);
-                }
-            }
-        }
-        Params { args }
-    }
-
-    fn text(&self, name: &str, default: &str) -> String {
-        let variable = format!(
-            "CELLPORT_BENCH_{}",
-            name.to_ascii_uppercase().replace('-', "_")
-        );
-        self.args
-            .get(name)
-            .cloned()
-            .or_else(|| std::env::var(variable).ok())
-            .unwrap_or_else(|| default.to_owned())
-    }
-
-    fn number(&self, name: &str, default: u64) -> anyhow::Result<u64> {
-        let text = self.text(name, &default.to_string());
-        text.parse()
-            .with_context(|| format!("--{name} {text:?} is not a number"))
-    }
-}
 
 /// Which server the clients talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,7 +356,7 @@ fn round4(x: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let params = Params::from_env();
+    let params = BenchParams::from_env();
     let server = match params.text("server", "cellport").as_str() {
         "cellport" => Server::Cellport,
         "socketio" => Server::SocketIo,

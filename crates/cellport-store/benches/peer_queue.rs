@@ -37,55 +37,10 @@ use apalis_core::worker::builder::WorkerBuilder;
 use cellport_core::progress::{PlannedTask, ProgressTracker};
 use cellport_core::{ExportEvent, ExportJob, ExportOptions, JobId, JobRecord, UserId};
 use cellport_store::{Envelope, EventSubscriber, ExportRequest, JobQueue, QueueConfig, Store};
+use cellport_testkit::bench::BenchParams;
 use cellport_testkit::{RedisOptions, RedisServer};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-
-/// The bench's parameters: `--name value` after `--`, else `CELLPORT_BENCH_NAME`, else the default.
-struct Params {
-    args: HashMap<String, String>,
-}
-
-impl Params {
-    fn from_env() -> Params {
-        let mut args = HashMap::new();
-        let mut raw = std::env::args().skip(1).peekable();
-        while let Some(arg) = raw.next() {
-            // `cargo bench` passes `--bench` to every bench binary.
-            let Some(name) = arg.strip_prefix("--").filter(|n| *n != "bench") else {
-                continue;
-            };
-            match name.split_once('=') {
-                Some((name, value)) => {
-                    args.insert(name.to_owned(), value.to_owned());
-                }
-                None => {
-                    let value = raw.next_if(|v| !v.starts_with("--")).unwrap_or_default();
-                    args.insert(name.to_owned(), value);
-                }
-            }
-        }
-        Params { args }
-    }
-
-    fn text(&self, name: &str, default: &str) -> String {
-        let variable = format!(
-            "CELLPORT_BENCH_{}",
-            name.to_ascii_uppercase().replace('-', "_")
-        );
-        self.args
-            .get(name)
-            .cloned()
-            .or_else(|| std::env::var(variable).ok())
-            .unwrap_or_else(|| default.to_owned())
-    }
-
-    fn number(&self, name: &str, default: u64) -> anyhow::Result<u64> {
-        let text = self.text(name, &default.to_string());
-        text.parse()
-            .with_context(|| format!("--{name} {text:?} is not a number"))
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -647,7 +602,7 @@ async fn progress(shape: &Shape, mode: Mode) -> anyhow::Result<Value> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let params = Params::from_env();
+    let params = BenchParams::from_env();
     let modes = match params.text("mode", "both").as_str() {
         "bare" => vec![Mode::Bare],
         "export-path" => vec![Mode::ExportPath],

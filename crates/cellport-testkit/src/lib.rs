@@ -6,6 +6,7 @@
 //! web app's database gets its own PostgreSQL cluster the same way (never the one on 5432), with
 //! the web app's tables made by `PostgresServer::create_webapp_database`.
 
+pub mod bench;
 pub mod browser;
 pub mod s3;
 
