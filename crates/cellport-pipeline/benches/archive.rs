@@ -10,23 +10,19 @@
 //! built as the worker builds its own. `CELLPORT_BENCH_PARALLELISM` sets the items at once
 //! (default: the number of CPUs, as `CELLPORT_ITEM_PARALLELISM`).
 
+// Shared with the breakdown bench, which also reads the CPU figures.
+#[allow(dead_code)]
+mod export;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cellport_core::ExportOptions;
-use cellport_core::progress::ProgressSnapshot;
-use cellport_io::{FileProjectStore, ProjectSource, Storage};
+use cellport_io::{FileProjectStore, Storage};
 use cellport_pipeline::import::{ImportRequest, import_project};
 use cellport_pipeline::synthetic::Rng;
-use cellport_pipeline::{ExportContext, ExportInput, NoCheckpoints, ProgressSink, export_archive};
+use export::export_once;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
-
-struct Quiet;
-
-impl ProgressSink for Quiet {
-    fn report(&self, _: ProgressSnapshot, _: bool) {}
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -102,48 +98,6 @@ fn write_tiffs(dir: &Path, bytes: u64) -> std::path::PathBuf {
     let coco = dir.join("annotations.json");
     std::fs::write(&coco, serde_json::to_vec(&json!({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "cell"}]})).unwrap()).unwrap();
     coco
-}
-
-/// One export of `project` into `storage`, as a worker runs it: staging and the archive in
-/// the storage, committed at the end. Returns how long it took; the archive is removed after.
-async fn export_once(
-    store: &FileProjectStore,
-    storage: &Storage,
-    scratch: &Path,
-    project: &cellport_core::Project,
-    options: &ExportOptions,
-) -> Duration {
-    let images: Vec<cellport_core::ImageId> = store
-        .image_id_page(&project.id, None, usize::MAX)
-        .await
-        .unwrap()
-        .ids;
-    let job = cellport_core::JobId::new();
-    let staging = storage.staging(job);
-    let input = ExportInput {
-        project,
-        image_ids: &images,
-        options,
-        source: store,
-        export_date: time::OffsetDateTime::now_utc(),
-    };
-    let scratch = tempfile::tempdir_in(scratch).unwrap();
-    let ctx = ExportContext {
-        staging: &staging,
-        scratch: scratch.path(),
-        checkpoints: &NoCheckpoints,
-        sink: &Quiet,
-        cancel: &CancellationToken::new(),
-        parallelism: parallelism(),
-    };
-    let started = Instant::now();
-    let mut archive = storage.create_archive(job, 1).await.unwrap();
-    export_archive(&input, &ctx, &mut archive).await.unwrap();
-    let finished = archive.commit().await.unwrap();
-    let elapsed = started.elapsed();
-    storage.remove_archive(&finished.name).await.unwrap();
-    staging.remove().await.unwrap();
-    elapsed
 }
 
 /// A bucket on a private moto server (`.venv`, see scripts/ensure-venv), or `None` when
@@ -227,9 +181,31 @@ async fn run() {
     let s3 = bucket().await;
     let (mut ours, mut zips, mut uploads) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..3 {
-        ours.push(export_once(&store, &on_disk, &data, &project, &originals_only).await);
+        ours.push(
+            export_once(
+                &store,
+                &on_disk,
+                &data,
+                &project,
+                &originals_only,
+                parallelism(),
+            )
+            .await
+            .wall,
+        );
         if let Some((_, in_bucket)) = &s3 {
-            uploads.push(export_once(&store, in_bucket, &data, &project, &originals_only).await);
+            uploads.push(
+                export_once(
+                    &store,
+                    in_bucket,
+                    &data,
+                    &project,
+                    &originals_only,
+                    parallelism(),
+                )
+                .await
+                .wall,
+            );
         }
         let out = tmp.path().join(format!("zip-{round}.zip"));
         let started = Instant::now();
@@ -296,7 +272,9 @@ async fn run() {
             (Some((_, in_bucket)), true) => ("S3", in_bucket.clone()),
             _ => ("disk", on_disk.clone()),
         };
-        let took = export_once(&store, &storage, &data, &project, &every).await;
+        let took = export_once(&store, &storage, &data, &project, &every, parallelism())
+            .await
+            .wall;
         println!(
             "{} images 2048x2048 ({gb} GB) to {target}: {:.1} s, peak RSS {:.0} MB (before the export: {before:.0} MB)",
             project.image_count,

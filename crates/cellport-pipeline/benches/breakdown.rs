@@ -22,13 +22,14 @@
 //! one item at a time, and prints its wall time and the process's CPU time, as a check on the
 //! sum (it also stages every item on disk and reads it back).
 
+mod export;
+
 use std::io::Cursor;
 use std::path::Path;
 use std::time::Instant;
 
 use async_zip::base::write::ZipFileWriter;
 use async_zip::{Compression, ZipEntryBuilder};
-use cellport_core::progress::ProgressSnapshot;
 use cellport_core::{ExportOptions, ImageRecord, VERSION};
 use cellport_io::{FileProjectStore, ProjectSource, Storage};
 use cellport_pipeline::formats::coco::{CocoImage, CocoInfo, CocoWriter, coco_annotations};
@@ -45,11 +46,9 @@ use cellport_pipeline::synthetic::{SyntheticSpec, write_project};
 use cellport_pipeline::visualize::{
     decode_for_display_from, encode_png, render_visualization_in_place,
 };
-use cellport_pipeline::{ExportContext, ExportInput, NoCheckpoints, ProgressSink, export_archive};
-use rustix::time::{ClockId, clock_gettime};
+use export::{export_once, process_cpu_secs};
 use serde_json::json;
 use tokio::io::AsyncReadExt as _;
-use tokio_util::sync::CancellationToken;
 
 const IMAGES: usize = 300;
 
@@ -80,24 +79,13 @@ struct Tallies([Tally; TASKS.len()]);
 impl Tallies {
     /// Runs `f` as part of task `task`, adding its CPU time and wall time.
     fn time<T>(&mut self, task: usize, f: impl FnOnce() -> T) -> T {
-        let (started, cpu) = (Instant::now(), seconds(ClockId::ProcessCPUTime));
+        let (started, cpu) = (Instant::now(), process_cpu_secs());
         let value = f();
         let tally = &mut self.0[task];
-        tally.cpu_s += seconds(ClockId::ProcessCPUTime) - cpu;
+        tally.cpu_s += process_cpu_secs() - cpu;
         tally.wall_s += started.elapsed().as_secs_f64();
         value
     }
-}
-
-fn seconds(clock: ClockId) -> f64 {
-    let t = clock_gettime(clock);
-    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
-}
-
-struct Quiet;
-
-impl ProgressSink for Quiet {
-    fn report(&self, _: ProgressSnapshot, _: bool) {}
 }
 
 fn every_option() -> ExportOptions {
@@ -224,7 +212,9 @@ async fn run() {
         pngs.len()
     );
 
-    let (wall, cpu) = export_end_to_end(&store, &project, tmp.path(), &options).await;
+    let storage = Storage::new(tmp.path().join("storage"));
+    let took = export_once(&store, &storage, tmp.path(), &project, &options, 1).await;
+    let (wall, cpu) = (took.wall.as_secs_f64(), took.cpu_secs);
     println!(
         "export_archive, every option on, one item at a time: wall {wall:.2} s, process CPU {cpu:.2} s"
     );
@@ -370,51 +360,10 @@ async fn write_zip(
 }
 
 async fn timed_async<T>(tallies: &mut Tallies, task: usize, f: impl Future<Output = T>) -> T {
-    let (started, cpu) = (Instant::now(), seconds(ClockId::ProcessCPUTime));
+    let (started, cpu) = (Instant::now(), process_cpu_secs());
     let value = f.await;
     let tally = &mut tallies.0[task];
-    tally.cpu_s += seconds(ClockId::ProcessCPUTime) - cpu;
+    tally.cpu_s += process_cpu_secs() - cpu;
     tally.wall_s += started.elapsed().as_secs_f64();
     value
-}
-
-/// The whole export of `project`, one item at a time; its wall time and the process's CPU time.
-async fn export_end_to_end(
-    store: &FileProjectStore,
-    project: &cellport_core::Project,
-    scratch: &Path,
-    options: &ExportOptions,
-) -> (f64, f64) {
-    let storage = Storage::new(scratch.join("storage"));
-    let images: Vec<cellport_core::ImageId> = store
-        .image_id_page(&project.id, None, usize::MAX)
-        .await
-        .unwrap()
-        .ids;
-    let job = cellport_core::JobId::new();
-    let staging = storage.staging(job);
-    let input = ExportInput {
-        project,
-        image_ids: &images,
-        options,
-        source: store,
-        export_date: time::OffsetDateTime::now_utc(),
-    };
-    let work = tempfile::tempdir_in(scratch).unwrap();
-    let ctx = ExportContext {
-        staging: &staging,
-        scratch: work.path(),
-        checkpoints: &NoCheckpoints,
-        sink: &Quiet,
-        cancel: &CancellationToken::new(),
-        parallelism: 1,
-    };
-    let (started, cpu) = (Instant::now(), seconds(ClockId::ProcessCPUTime));
-    let mut archive = storage.create_archive(job, 1).await.unwrap();
-    export_archive(&input, &ctx, &mut archive).await.unwrap();
-    archive.commit().await.unwrap();
-    (
-        started.elapsed().as_secs_f64(),
-        seconds(ClockId::ProcessCPUTime) - cpu,
-    )
 }
